@@ -12,6 +12,7 @@ mod config;
 mod error;
 mod io;
 mod redact;
+pub mod remotecommand;
 mod request;
 mod response;
 mod tls;
