@@ -12,10 +12,10 @@
 //! every block:       00                   BFINAL=0, BTYPE=00 (stored), padded to a byte
 //!                    LEN(le16) NLEN(le16) NLEN = !LEN
 //!                    LEN bytes            the plain name/value block
+//!                    00 00 00 ff ff       an empty stored block: the sync-flush marker
 //! ```
 //!
-//! A stored block ends byte-aligned, which is all a sync flush guarantees; the receiver can
-//! decode the frame's bytes alone. `78 f9` is the header spdystream's level-9 compressor writes;
+//! The receiver can decode the frame's bytes alone, exactly as after a zlib sync flush. `78 f9` is the header spdystream's level-9 compressor writes;
 //! inflaters ignore the FLEVEL bits, and the FDICT bit makes the stream name the dictionary as
 //! SPDY peers expect (checklist C-18).
 
@@ -46,21 +46,20 @@ impl HeaderDeflater {
             out.extend_from_slice(&DICTIONARY_ADLER32.to_be_bytes());
             self.started = true;
         }
-        // An empty block still needs one (empty) stored block so the frame carries a
-        // decodable piece of the stream, exactly like a sync flush of nothing.
-        let mut chunks = plain.chunks(MAX_STORED).peekable();
-        if chunks.peek().is_none() {
-            push_stored(&[], out);
-        }
-        for chunk in chunks {
+        for chunk in plain.chunks(MAX_STORED) {
             push_stored(chunk, out);
         }
+        // The empty stored block a zlib sync flush ends with. Go's inflater (spdystream, so
+        // every Kubernetes peer) hands out a stored block's bytes only once it has read the
+        // next block header; without this marker it reads past the frame and the peer's
+        // connection dies on our second header block.
+        push_stored(&[], out);
     }
 
     /// Bytes [`compress`](Self::compress) will append for a plain block of `plain_len` bytes.
     pub fn compressed_len(&self, plain_len: usize) -> usize {
         let header = if self.started { 0 } else { 6 };
-        let blocks = plain_len.div_ceil(MAX_STORED).max(1);
+        let blocks = plain_len.div_ceil(MAX_STORED) + 1;
         header + blocks * 5 + plain_len
     }
 }
@@ -108,7 +107,8 @@ mod tests {
         assert_eq!(
             out,
             [
-                0x78, 0xf9, 0xe3, 0xc6, 0xa7, 0xc2, 0, 4, 0, 0xfb, 0xff, 0, 0, 0, 0
+                0x78, 0xf9, 0xe3, 0xc6, 0xa7, 0xc2, 0, 4, 0, 0xfb, 0xff, 0, 0, 0, 0, 0, 0, 0, 0xff,
+                0xff
             ]
         );
     }

@@ -60,6 +60,9 @@ const fn concat_bytes() -> [u8; DICTIONARY_LEN] {
         }
         p += 1;
     }
-    assert!(at == DICTIONARY_LEN, "dictionary pieces must add up to 1423 bytes");
+    assert!(
+        at == DICTIONARY_LEN,
+        "dictionary pieces must add up to 1423 bytes"
+    );
     out
 }

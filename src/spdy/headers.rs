@@ -343,6 +343,7 @@ mod tests {
     fn name_and_value_lengths_are_capped() {
         let mut wire = 1u32.to_be_bytes().to_vec();
         wire.extend_from_slice(&u32::MAX.to_be_bytes());
+        wire.extend_from_slice(&[0; 8]);
         assert!(matches!(
             HeaderBlock::decode(&wire, &limits()),
             Err(HeaderError::NameTooLong { .. })
