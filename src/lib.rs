@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 
 pub mod connection;
+pub mod cri;
 pub mod spdy;
+pub mod runtime_sim;
 pub mod status;
 pub mod upstream;
