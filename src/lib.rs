@@ -4,7 +4,7 @@
 
 pub mod connection;
 pub mod cri;
-pub mod spdy;
 pub mod runtime_sim;
+pub mod spdy;
 pub mod status;
 pub mod upstream;
