@@ -2,9 +2,14 @@
 //! SPDY/3.1 to legacy container runtimes.
 #![forbid(unsafe_code)]
 
+pub mod bridge;
+pub mod channel;
 pub mod connection;
 pub mod cri;
+pub mod relay;
 pub mod runtime_sim;
 pub mod spdy;
 pub mod status;
+pub mod server;
 pub mod upstream;
+pub mod wsclient;

@@ -526,8 +526,17 @@ impl Driver {
     fn on_event(&mut self, event: Event) -> Option<Exit> {
         match event {
             Event::StreamOpened {
-                stream_id, headers, ..
-            } => self.on_stream_opened(stream_id, headers),
+                stream_id,
+                headers,
+                fin,
+                ..
+            } => {
+                self.on_stream_opened(stream_id, headers);
+                if fin && let Some(slot) = self.slots.get(&stream_id) {
+                    slot.shared.finish(StreamEnd::Fin);
+                }
+                self.forget_if_closed(stream_id);
+            }
             Event::StreamReplied {
                 stream_id, headers, ..
             } => {

@@ -24,7 +24,6 @@ mod portforward;
 mod process;
 mod pty;
 mod remotecommand;
-mod resize;
 mod tokens;
 
 use std::collections::HashMap;
@@ -37,6 +36,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+pub use crate::channel::resize::{ResizeDecoder, ResizeError, TerminalSize};
 pub use config::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CHUNK, DEFAULT_MAX_TOKENS,
     DEFAULT_STREAM_CREATION_TIMEOUT, DEFAULT_TOKEN_TTL, SimConfig,
@@ -44,7 +44,6 @@ pub use config::{
 pub use container::ContainerSpec;
 pub use error::SimError;
 pub use handshake::{PORT_FORWARD_PROTOCOLS, REMOTE_COMMAND_PROTOCOLS};
-pub use resize::{ResizeDecoder, ResizeError, TerminalSize};
 pub use tokens::{TOKEN_LEN, TokenCache, TokenError};
 
 use container::Container;

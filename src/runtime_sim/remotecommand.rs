@@ -21,8 +21,8 @@ use tokio::time::Instant;
 use super::container::Attachment;
 use super::process::{self, Input, Output, SpawnSpec};
 use super::pty::PtyMaster;
-use super::resize::ResizeDecoder;
 use super::{AttachRequest, ExecRequest, Shared};
+use crate::channel::resize::ResizeDecoder;
 use crate::connection::{
     self, ConnectionConfig, Handle, Incoming, Stream, StreamReader, StreamWriter,
 };

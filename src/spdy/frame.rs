@@ -262,7 +262,7 @@ impl Encoder {
                 check_id(*stream_id)?;
                 check_id(*associated_to)?;
                 let flags = flag(*fin, FLAG_FIN) | flag(*unidirectional, FLAG_UNIDIRECTIONAL);
-                let block = self.compress(headers)?;
+                let block = self.compress(headers, BlockKind::SynStream, 10)?;
                 let mut payload = Vec::with_capacity(10 + block.len());
                 payload.extend_from_slice(&stream_id.to_be_bytes());
                 payload.extend_from_slice(&associated_to.to_be_bytes());
@@ -277,7 +277,7 @@ impl Encoder {
                 headers,
             } => {
                 check_id(*stream_id)?;
-                let payload = self.id_and_block(*stream_id, headers)?;
+                let payload = self.id_and_block(*stream_id, headers, BlockKind::SynReply)?;
                 control(dst, TYPE_SYN_REPLY, flag(*fin, FLAG_FIN), &payload)?;
             }
             Frame::Headers {
@@ -286,7 +286,7 @@ impl Encoder {
                 headers,
             } => {
                 check_id(*stream_id)?;
-                let payload = self.id_and_block(*stream_id, headers)?;
+                let payload = self.id_and_block(*stream_id, headers, BlockKind::Headers)?;
                 control(dst, TYPE_HEADERS, flag(*fin, FLAG_FIN), &payload)?;
             }
             Frame::RstStream { stream_id, status } => {
@@ -329,9 +329,25 @@ impl Encoder {
         Ok(())
     }
 
-    fn compress(&mut self, headers: &HeaderBlock) -> Result<Vec<u8>, EncodeError> {
+    /// Compresses one block, after every check that could refuse the frame: the header
+    /// context must only advance for a frame that is really sent.
+    fn compress(
+        &mut self,
+        headers: &HeaderBlock,
+        kind: BlockKind,
+        fixed: usize,
+    ) -> Result<Vec<u8>, EncodeError> {
+        headers.check_forbidden(kind)?;
         self.scratch.clear();
         headers.encode(&mut self.scratch)?;
+        let len = fixed + self.deflater.compressed_len(self.scratch.len());
+        if len > MAX_FRAME_PAYLOAD {
+            self.scratch = Vec::new();
+            return Err(EncodeError::TooLarge {
+                kind: "header block",
+                len,
+            });
+        }
         let mut block = Vec::with_capacity(self.deflater.compressed_len(self.scratch.len()));
         self.deflater.compress(&self.scratch, &mut block);
         // Header blocks are rare and tiny; don't keep a large scratch buffer per connection.
@@ -345,8 +361,9 @@ impl Encoder {
         &mut self,
         stream_id: u32,
         headers: &HeaderBlock,
+        kind: BlockKind,
     ) -> Result<Vec<u8>, EncodeError> {
-        let block = self.compress(headers)?;
+        let block = self.compress(headers, kind, 4)?;
         let mut payload = Vec::with_capacity(4 + block.len());
         payload.extend_from_slice(&stream_id.to_be_bytes());
         payload.extend_from_slice(&block);

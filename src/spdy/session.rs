@@ -244,25 +244,32 @@ impl Session {
         if self.goaway_sent {
             return None;
         }
-        // Ids must grow and fit 31 bits (the reserved bit is not masked, as in spdystream).
-        // Parity is not checked, also as in spdystream.
-        if stream_id < self.next_peer_stream_id || stream_id > MAX_STREAM_ID {
+        // Ids must grow and fit 31 bits (the reserved bit is not masked, as in spdystream,
+        // but our RST names the id without it, as a frame can carry). Parity is not checked,
+        // also as in spdystream, but a peer may never take over a stream we opened.
+        if stream_id < self.next_peer_stream_id
+            || stream_id > MAX_STREAM_ID
+            || self.streams.contains_key(&stream_id)
+        {
             self.outbox.push_back(Frame::RstStream {
-                stream_id,
+                stream_id: stream_id & MAX_STREAM_ID,
                 status: RstStatus::PROTOCOL_ERROR,
             });
             return None;
         }
         self.next_peer_stream_id = stream_id.saturating_add(2);
         self.last_peer_stream_id = stream_id;
-        self.streams.insert(
-            stream_id,
-            StreamState {
-                awaiting_reply: false,
-                local_fin: unidirectional,
-                remote_fin: fin,
-            },
-        );
+        // A stream finished both ways on arrival is never entered in the table.
+        if !(fin && unidirectional) {
+            self.streams.insert(
+                stream_id,
+                StreamState {
+                    awaiting_reply: false,
+                    local_fin: unidirectional,
+                    remote_fin: fin,
+                },
+            );
+        }
         Some(Event::StreamOpened {
             stream_id,
             headers,

@@ -9,7 +9,8 @@ use thiserror::Error;
 use super::{UpstreamConfig, UpstreamError, upgrade_spdy};
 use crate::connection::{self, ConnectionConfig, Handle, OpenError, StreamReader, StreamWriter};
 use crate::spdy::HeaderBlock;
-use crate::status::{STATUS_FAILURE, STATUS_SUCCESS, Status};
+
+pub use crate::channel::outcome::{Outcome, Protocol};
 
 /// What the bridge offers upstream, most preferred first (client-go's list; a kubelet-lib
 /// runtime picks v4).
@@ -29,30 +30,6 @@ pub struct StreamOptions {
     pub stdout: bool,
     pub stderr: bool,
     pub tty: bool,
-}
-
-/// The remote-command protocol the runtime chose.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Protocol {
-    /// `channel.k8s.io`, also assumed when the 101 names none.
-    V1,
-    V2,
-    V3,
-    /// `v4.channel.k8s.io`, and v5, which over SPDY behaves exactly as v4.
-    V4,
-}
-
-impl Protocol {
-    /// The protocol a 101's `X-Stream-Protocol-Version` names.
-    pub fn from_header(value: Option<&str>) -> Option<Protocol> {
-        Some(match value.map(str::trim) {
-            None | Some("") | Some("channel.k8s.io") => Protocol::V1,
-            Some("v2.channel.k8s.io") => Protocol::V2,
-            Some("v3.channel.k8s.io") => Protocol::V3,
-            Some("v4.channel.k8s.io") | Some("v5.channel.k8s.io") => Protocol::V4,
-            Some(_) => return None,
-        })
-    }
 }
 
 /// Why a remote-command session could not start.
@@ -158,12 +135,18 @@ impl RemoteCommand {
     /// to client-go) and decodes the outcome for the negotiated protocol. At most `cap` bytes
     /// are kept.
     pub async fn read_outcome(&mut self, cap: usize) -> Outcome {
+        let bytes = self.read_error_stream(cap).await;
+        Outcome::decode(self.protocol, &bytes)
+    }
+
+    /// Reads the error stream to its end, keeping at most `cap` bytes.
+    pub async fn read_error_stream(&mut self, cap: usize) -> Vec<u8> {
         let mut bytes = Vec::new();
         while let Some(piece) = self.error.recv().await {
             let room = cap.saturating_sub(bytes.len());
             bytes.extend_from_slice(&piece[..piece.len().min(room)]);
         }
-        Outcome::decode(self.protocol, &bytes)
+        bytes
     }
 
     /// Tears the connection down (RST CANCEL, GOAWAY, close), bounded by the close timeout.
@@ -182,149 +165,10 @@ async fn open(connection: &Handle, kind: &'static str) -> Result<connection::Str
 /// Default cap on the error stream's bytes.
 pub const DEFAULT_ERROR_STREAM_CAP: usize = 64 * 1024;
 
-/// How a remote command ended, decoded as client-go decodes the error stream (protocol.md
-/// §3.6).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Success,
-    /// The process exited with a non-zero code.
-    ExitCode {
-        code: u8,
-        status: Status,
-    },
-    /// Any other failure the runtime reported, as a Status.
-    Failure(Status),
-    /// v1–v3 failure text (no exit code exists in these protocols).
-    Text(String),
-    /// The error stream did not hold what the protocol says; client-go's error text.
-    ProtocolError(String),
-}
-
-impl Outcome {
-    /// Decodes the error stream's bytes.
-    pub fn decode(protocol: Protocol, bytes: &[u8]) -> Outcome {
-        if bytes.is_empty() {
-            return Outcome::Success;
-        }
-        let text = String::from_utf8_lossy(bytes).into_owned();
-        if protocol < Protocol::V4 {
-            return Outcome::Text(text);
-        }
-        let status: Status = match serde_json::from_slice(bytes) {
-            Ok(s) => s,
-            Err(e) => {
-                return Outcome::ProtocolError(format!(
-                    "error stream protocol error: {e} in \"{text}\""
-                ));
-            }
-        };
-        match status.status.as_str() {
-            STATUS_SUCCESS => Outcome::Success,
-            STATUS_FAILURE if status.reason == crate::status::REASON_NON_ZERO_EXIT_CODE => {
-                let Some(details) = &status.details else {
-                    return Outcome::ProtocolError(
-                        "error stream protocol error: details must be set".into(),
-                    );
-                };
-                let Some(cause) = details
-                    .causes
-                    .iter()
-                    .find(|c| c.reason == crate::status::CAUSE_EXIT_CODE)
-                else {
-                    return Outcome::ProtocolError(
-                        "error stream protocol error: no ExitCode cause given".into(),
-                    );
-                };
-                match cause.message.parse::<u8>() {
-                    Ok(code) => Outcome::ExitCode {
-                        code,
-                        status: status.clone(),
-                    },
-                    Err(_) => Outcome::ProtocolError(format!(
-                        "error stream protocol error: invalid exit code value {:?}",
-                        cause.message
-                    )),
-                }
-            }
-            STATUS_FAILURE => Outcome::Failure(status),
-            _ => Outcome::ProtocolError("error stream protocol error: unknown error".into()),
-        }
-    }
-}
-
 /// The connection settings the bridge uses towards a runtime.
 pub fn client_connection_config() -> ConnectionConfig {
     ConnectionConfig {
         ping_interval: Some(Duration::from_secs(5)),
         ..ConnectionConfig::client()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn empty_error_stream_is_success_in_every_protocol() {
-        for p in [Protocol::V1, Protocol::V2, Protocol::V3, Protocol::V4] {
-            assert_eq!(Outcome::decode(p, b""), Outcome::Success);
-        }
-    }
-
-    #[test]
-    fn v4_exit_code_is_decoded() {
-        let json =
-            Status::non_zero_exit("command terminated with non-zero exit code: x", 3).to_json();
-        assert!(matches!(
-            Outcome::decode(Protocol::V4, json.as_bytes()),
-            Outcome::ExitCode { code: 3, .. }
-        ));
-    }
-
-    #[test]
-    fn v4_protocol_errors_use_client_go_texts() {
-        let no_details = r#"{"metadata":{},"status":"Failure","reason":"NonZeroExitCode"}"#;
-        assert_eq!(
-            Outcome::decode(Protocol::V4, no_details.as_bytes()),
-            Outcome::ProtocolError("error stream protocol error: details must be set".into())
-        );
-        let bad_code = Status::non_zero_exit("m", 1)
-            .to_json()
-            .replace("\"1\"", "\"300\"");
-        assert!(matches!(
-            Outcome::decode(Protocol::V4, bad_code.as_bytes()),
-            Outcome::ProtocolError(m) if m.contains("invalid exit code value \"300\"")
-        ));
-        let unknown = r#"{"metadata":{},"status":"Maybe"}"#;
-        assert_eq!(
-            Outcome::decode(Protocol::V4, unknown.as_bytes()),
-            Outcome::ProtocolError("error stream protocol error: unknown error".into())
-        );
-        assert!(matches!(
-            Outcome::decode(Protocol::V4, b"not json"),
-            Outcome::ProtocolError(m) if m.starts_with("error stream protocol error: ")
-        ));
-    }
-
-    #[test]
-    fn v2_text_is_kept() {
-        assert_eq!(
-            Outcome::decode(Protocol::V2, b"boom"),
-            Outcome::Text("boom".into())
-        );
-    }
-
-    #[test]
-    fn negotiated_header_maps_to_protocol() {
-        assert_eq!(Protocol::from_header(None), Some(Protocol::V1));
-        assert_eq!(
-            Protocol::from_header(Some("v4.channel.k8s.io")),
-            Some(Protocol::V4)
-        );
-        assert_eq!(
-            Protocol::from_header(Some("v5.channel.k8s.io")),
-            Some(Protocol::V4)
-        );
-        assert_eq!(Protocol::from_header(Some("portforward.k8s.io")), None);
     }
 }

@@ -1,0 +1,480 @@
+//! Mode A: a `v5.channel.k8s.io` WebSocket client ⇄ a remote-command SPDY session with the
+//! runtime (protocol.md §5, §13.3).
+//!
+//! ```text
+//!  client ──ws──▶ reader ──stdin queue (bounded)──▶ stdin pump ──DATA──▶ runtime
+//!                   │ resize ──canonical JSON──────────────────────DATA──▶
+//!  client ◀──ws── writer ◀── stdout/stderr pumps ◀──DATA── runtime
+//!                   ▲ status (channel 3), Close 1000 ◀── error stream decoded at the end
+//! ```
+//!
+//! The reader never waits on the runtime while the stdin queue has room, so pings are answered
+//! while stdin is back-pressured. The session ends in the order all output → status → Close
+//! 1000 → TCP close.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::channel::frame::{self, Inbound};
+use crate::channel::outcome::{Outcome, Protocol, client_status, status_message};
+use crate::channel::resize::ResizeDecoder;
+use crate::connection::{StreamEnd, StreamReader, StreamWriter};
+use crate::status::Status;
+use crate::upstream::remotecommand::{DEFAULT_ERROR_STREAM_CAP, RemoteCommand, StreamOptions};
+
+/// How a translated session behaves. Defaults mirror the API server's translator.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// End the session after this long without a data message either way. Default 4 h.
+    pub idle_timeout: Duration,
+    /// Deadline for writing the final status. Default 10 s.
+    pub status_write_timeout: Duration,
+    /// After the client vanished: how long the runtime may take to finish on its own before
+    /// the upstream connection is torn down. Default 10 s.
+    pub client_gone_grace: Duration,
+    /// Client stdin bytes buffered while the runtime is slow to take them. Default 1 MiB.
+    pub stdin_buffer: usize,
+    /// Largest payload of one outbound message. Default 32 KiB.
+    pub max_outbound_payload: usize,
+    /// API-server compatibility: an upstream that dies without a status (or a v4 error stream
+    /// that ends empty) is reported as Success, as the API server does (§5.7). Default false:
+    /// we report an InternalError.
+    pub compat_upstream_loss_is_success: bool,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            idle_timeout: Duration::from_secs(4 * 60 * 60),
+            status_write_timeout: Duration::from_secs(10),
+            client_gone_grace: Duration::from_secs(10),
+            stdin_buffer: 1024 * 1024,
+            max_outbound_payload: frame::MAX_OUTBOUND_PAYLOAD,
+            compat_upstream_loss_is_success: false,
+        }
+    }
+}
+
+/// How a session ended, for logs and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The status was delivered; `exit_code` when the process exited non-zero.
+    Completed {
+        status: Box<Status>,
+        exit_code: Option<u8>,
+    },
+    /// The client went away before the status.
+    ClientGone,
+    /// The client broke the protocol (malformed CLOSE); torn down without a status (§4.6).
+    ClientProtocolError,
+    /// No data either way for the idle timeout.
+    Idle,
+}
+
+/// What the reader tells the session.
+enum ReaderEnd {
+    Gone,
+    ProtocolError,
+}
+
+/// Runs a session whose upstream is already established (the default order) or failed to
+/// establish (`Err(status)`, the API-server order where the 101 came first).
+pub async fn run<S>(
+    ws: WebSocketStream<S>,
+    upstream: Result<RemoteCommand, Status>,
+    opts: StreamOptions,
+    cfg: &SessionConfig,
+) -> SessionEnd
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sink, stream) = ws.split();
+    let activity = Arc::new(Activity::new());
+    let initial = frame::initial_message(opts.stdout, opts.stderr && !opts.tty);
+    if sink.send(Message::Binary(initial)).await.is_err() {
+        if let Ok(rc) = upstream {
+            rc.close().await;
+        }
+        return SessionEnd::ClientGone;
+    }
+    let mut rc = match upstream {
+        Ok(rc) => rc,
+        Err(status) => {
+            let end = finish(&mut sink, Some(status.clone()), cfg).await;
+            return end.unwrap_or(SessionEnd::Completed {
+                exit_code: None,
+                status: Box::new(status),
+            });
+        }
+    };
+
+    // Client → runtime.
+    let stdin_budget = Arc::new(Semaphore::new(cfg.stdin_buffer.max(1)));
+    let (stdin_tx, stdin_rx) = mpsc::unbounded_channel::<(Bytes, u32)>();
+    let stdin_pump = rc
+        .stdin
+        .take()
+        .map(|w| tokio::spawn(pump_stdin(w, stdin_rx, stdin_budget.clone())));
+    let resize = rc.resize.take().map(|mut w| {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(8);
+        tokio::spawn(async move {
+            while let Some(json) = rx.recv().await {
+                if w.send(json).await.is_err() {
+                    return;
+                }
+            }
+        });
+        tx
+    });
+    let reader = tokio::spawn(read_client(
+        stream,
+        ReaderCtx {
+            stdin: opts.stdin.then_some(stdin_tx),
+            stdin_budget,
+            stdin_cap: cfg.stdin_buffer.max(1),
+            resize,
+            tty: opts.tty,
+            activity: activity.clone(),
+        },
+    ));
+
+    // Runtime → client.
+    let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(8);
+    let pumps: Vec<_> = [
+        (rc.stdout.take(), frame::STDOUT),
+        (rc.stderr.take(), frame::STDERR),
+    ]
+    .into_iter()
+    .filter_map(|(r, ch)| r.map(|r| (r, ch)))
+    .map(|(r, ch)| {
+        tokio::spawn(pump_output(
+            r,
+            ch,
+            out_tx.clone(),
+            cfg.max_outbound_payload,
+            activity.clone(),
+        ))
+    })
+    .collect();
+    drop(out_tx);
+
+    let protocol = rc.protocol;
+    let mut outcome_fut = Box::pin(async move {
+        let bytes = rc.read_error_stream(DEFAULT_ERROR_STREAM_CAP).await;
+        let outcome = Outcome::decode(protocol, &bytes);
+        let end = UpstreamEnd {
+            error_stream: rc.error.end(),
+            empty: bytes.is_empty(),
+        };
+        (outcome, end, rc)
+    });
+    let mut reader = reader;
+    let mut idle_check = tokio::time::interval(idle_period(cfg.idle_timeout));
+    let mut outcome: Option<(Outcome, UpstreamEnd, RemoteCommand)> = None;
+    let mut output_done = false;
+    let mut client_gone: Option<ReaderEnd> = None;
+
+    // Forward output until every output stream and the error stream have ended.
+    loop {
+        if output_done && outcome.is_some() {
+            break;
+        }
+        tokio::select! {
+            msg = out_rx.recv(), if !output_done => match msg {
+                Some(m) => {
+                    if sink.send(Message::Binary(m)).await.is_err() {
+                        client_gone = Some(ReaderEnd::Gone);
+                        break;
+                    }
+                }
+                None => output_done = true,
+            },
+            o = &mut outcome_fut, if outcome.is_none() => outcome = Some(o),
+            r = &mut reader => {
+                client_gone = Some(r.unwrap_or(ReaderEnd::Gone));
+                break;
+            }
+            _ = idle_check.tick() => {
+                if activity.idle_for() >= cfg.idle_timeout {
+                    let _ = finish(&mut sink, None, cfg).await;
+                    reader.abort();
+                    teardown(outcome, outcome_fut, stdin_pump).await;
+                    return SessionEnd::Idle;
+                }
+            }
+        }
+    }
+
+    if let Some(why) = client_gone {
+        // The client is gone (or broke the protocol): end stdin upstream, let the runtime
+        // finish on its own for a bounded time, then tear the upstream down. Output pumps
+        // drop their data once the writer side is gone.
+        drop(out_rx);
+        if matches!(why, ReaderEnd::ProtocolError) {
+            let _ = finish(&mut sink, None, cfg).await;
+        }
+        reader.abort();
+        if let Some(p) = stdin_pump {
+            // The reader's end dropped the stdin queue: the pump sends FIN after what it has.
+            let _ = tokio::time::timeout(cfg.client_gone_grace, p).await;
+        }
+        let rc = match outcome {
+            Some((_, _, rc)) => Some(rc),
+            None => tokio::time::timeout(cfg.client_gone_grace, &mut outcome_fut)
+                .await
+                .ok()
+                .map(|(_, _, rc)| rc),
+        };
+        match rc {
+            Some(rc) => rc.close().await,
+            None => drop(outcome_fut),
+        }
+        for p in pumps {
+            p.abort();
+        }
+        return match why {
+            ReaderEnd::Gone => SessionEnd::ClientGone,
+            ReaderEnd::ProtocolError => SessionEnd::ClientProtocolError,
+        };
+    }
+
+    let (outcome, error_end, rc) = outcome.expect("loop ends with the outcome");
+    let lost = error_end.lost(protocol);
+    let status = if lost && !cfg.compat_upstream_loss_is_success {
+        Status::internal_error(
+            "error reading from error stream: the connection to the runtime was lost",
+        )
+    } else {
+        client_status(&outcome, protocol)
+    };
+    let exit_code = status.exit_code();
+    let end = finish(&mut sink, Some(status.clone()), cfg).await;
+    reader.abort();
+    if let Some(p) = stdin_pump {
+        p.abort();
+    }
+    rc.close().await;
+    end.unwrap_or(SessionEnd::Completed {
+        status: Box::new(status),
+        exit_code,
+    })
+}
+
+/// How the runtime ended the error stream.
+struct UpstreamEnd {
+    error_stream: Option<StreamEnd>,
+    empty: bool,
+}
+
+impl UpstreamEnd {
+    /// Whether the runtime vanished instead of ending the session: a kubelet-lib runtime
+    /// always resets or FINs its streams and says GOAWAY, and from v4 on it always writes a
+    /// status, success included. The API server reports both cases as Success (§5.7).
+    fn lost(&self, protocol: Protocol) -> bool {
+        let orderly = matches!(
+            self.error_stream,
+            Some(StreamEnd::Fin | StreamEnd::Reset(_) | StreamEnd::GoAway)
+        );
+        !orderly || (protocol == Protocol::V4 && self.empty)
+    }
+}
+
+/// Writes the status (if any), then Close 1000 with an empty reason, within the status write
+/// deadline. `Some(ClientGone)` when the client could not be written to.
+async fn finish<K>(sink: &mut K, status: Option<Status>, cfg: &SessionConfig) -> Option<SessionEnd>
+where
+    K: futures_util::Sink<Message> + Unpin,
+{
+    let write = async {
+        if let Some(status) = status {
+            sink.send(Message::Binary(status_message(&status)))
+                .await
+                .ok()?;
+        }
+        let close = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
+        sink.send(Message::Close(Some(close))).await.ok()?;
+        // x/net/websocket closes TCP right after its Close frame without waiting for the
+        // reply; the caller drops the connection next.
+        Some(())
+    };
+    match tokio::time::timeout(cfg.status_write_timeout, write).await {
+        Ok(Some(())) => None,
+        _ => Some(SessionEnd::ClientGone),
+    }
+}
+
+async fn teardown<F>(
+    outcome: Option<(Outcome, UpstreamEnd, RemoteCommand)>,
+    fut: F,
+    stdin_pump: Option<tokio::task::JoinHandle<()>>,
+) where
+    F: std::future::Future<Output = (Outcome, UpstreamEnd, RemoteCommand)>,
+{
+    if let Some(p) = stdin_pump {
+        p.abort();
+    }
+    match outcome {
+        Some((_, _, rc)) => rc.close().await,
+        None => drop(fut),
+    }
+}
+
+struct ReaderCtx {
+    stdin: Option<mpsc::UnboundedSender<(Bytes, u32)>>,
+    /// Permits are stdin bytes queued but not yet taken by the runtime.
+    stdin_budget: Arc<Semaphore>,
+    stdin_cap: usize,
+    resize: Option<mpsc::Sender<Bytes>>,
+    tty: bool,
+    activity: Arc<Activity>,
+}
+
+/// Reads the client: stdin into the bounded queue, resizes re-encoded, CLOSE signals, and
+/// (inside tungstenite) pong replies. Returns why it stopped.
+async fn read_client<R>(mut stream: R, mut ctx: ReaderCtx) -> ReaderEnd
+where
+    R: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let mut resize = ResizeDecoder::new();
+    let mut resize_open = ctx.tty && ctx.resize.is_some();
+    while let Some(msg) = stream.next().await {
+        let data = match msg {
+            Ok(Message::Binary(b)) => b,
+            // v5 servers accept text frames exactly like binary ones (C-28).
+            Ok(Message::Text(t)) => Bytes::from(t),
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
+            Ok(Message::Close(_)) | Err(_) => return ReaderEnd::Gone,
+        };
+        match frame::decode_inbound(data) {
+            Inbound::Stdin(bytes) => {
+                ctx.activity.touch();
+                // A bare `00` carries nothing; the API server sends nothing upstream for it.
+                if bytes.is_empty() {
+                    continue;
+                }
+                let Some(tx) = &ctx.stdin else { continue };
+                // A message larger than the whole budget takes all of it and goes alone.
+                let n = bytes.len().min(ctx.stdin_cap).min(u32::MAX as usize) as u32;
+                // Waits only when the runtime is already `stdin_buffer` bytes behind.
+                match ctx.stdin_budget.acquire_many(n).await {
+                    Ok(permit) => permit.forget(),
+                    Err(_) => continue,
+                }
+                if tx.send((bytes, n)).is_err() {
+                    ctx.stdin = None;
+                }
+            }
+            Inbound::CloseStdin => ctx.stdin = None,
+            Inbound::Resize(bytes) => {
+                ctx.activity.touch();
+                if !resize_open {
+                    continue;
+                }
+                match resize.push(&bytes) {
+                    Ok(sizes) => {
+                        for size in sizes {
+                            // Never wait on the runtime here (§4.7): a terminal size is state,
+                            // so when the runtime is this far behind, a newer one will follow.
+                            let json = Bytes::from(size.to_canonical_json());
+                            if let Some(tx) = &ctx.resize
+                                && let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(json)
+                            {
+                                resize_open = false;
+                            }
+                        }
+                    }
+                    // Like the kubelet: the first bad object ends resize handling (C-42).
+                    Err(_) => resize_open = false,
+                }
+            }
+            Inbound::CloseResize => resize_open = false,
+            Inbound::MalformedClose { .. } | Inbound::CloseInvalidChannel(_) => {
+                return ReaderEnd::ProtocolError;
+            }
+            Inbound::CloseOther(_) | Inbound::Ignored(_) | Inbound::Empty => {}
+        }
+    }
+    ReaderEnd::Gone
+}
+
+/// Copies queued stdin to the runtime; FIN when the queue closes (CLOSE, or client gone).
+async fn pump_stdin(
+    mut writer: StreamWriter,
+    mut rx: mpsc::UnboundedReceiver<(Bytes, u32)>,
+    budget: Arc<Semaphore>,
+) {
+    while let Some((bytes, n)) = rx.recv().await {
+        let ok = writer.send(bytes).await.is_ok();
+        budget.add_permits(n as usize);
+        if !ok {
+            return;
+        }
+    }
+    let _ = writer.finish().await;
+}
+
+/// Relays one output stream as `[channel] + payload` messages of bounded size. When the
+/// client is gone, the stream reader is dropped so the runtime's data is discarded, never
+/// left to wedge the SPDY connection.
+async fn pump_output(
+    mut reader: StreamReader,
+    channel: u8,
+    out: mpsc::Sender<Bytes>,
+    max_payload: usize,
+    activity: Arc<Activity>,
+) {
+    let mut messages = Vec::new();
+    while let Some(piece) = reader.recv().await {
+        activity.touch();
+        frame::encode(channel, &piece, max_payload, &mut messages);
+        for m in messages.drain(..) {
+            if out.send(m).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Time of the last data message either way, for the idle limit. Pings do not count, as in
+/// the API server.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+fn idle_period(idle: Duration) -> Duration {
+    (idle / 8).clamp(Duration::from_millis(10), Duration::from_secs(60))
+}
