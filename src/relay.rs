@@ -758,10 +758,11 @@ mod tests {
         let task = tokio::spawn(async move { splice(a, b, &RelayConfig::default()).await });
 
         // Keystrokes: one small read at a time.
-        let mut got = vec![0u8; 5];
         for key in [b"l", b"s", b"\n"] {
             a_peer.write_all(key).await.unwrap();
-            b_peer.read_exact(&mut got[..1]).await.unwrap();
+            let mut got = [0u8; 1];
+            b_peer.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, key);
         }
         assert!(
             offered

@@ -25,13 +25,6 @@ pub fn small_limits() -> Limits {
     }
 }
 
-/// Whether the fuzzers should also fail on the src/spdy bugs already reported (set
-/// `SPDY_FUZZ_STRICT=1`). Off by default so a smoke run hunts for new problems.
-pub fn strict() -> bool {
-    static STRICT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *STRICT.get_or_init(|| std::env::var_os("SPDY_FUZZ_STRICT").is_some_and(|v| v != "0"))
-}
-
 /// A zlib compressor set up as spdystream's: SPDY dictionary, one sync flush per block.
 pub struct ZlibBlocks {
     z: Compress,
