@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::{Bytes, BytesMut};
-use ws_spdy_bridge::spdy::frame::{EncodeError, MAX_STREAM_ID, Setting};
+use ws_spdy_bridge::spdy::frame::{MAX_STREAM_ID, Setting};
 use ws_spdy_bridge::spdy::session::SessionError;
 use ws_spdy_bridge::spdy::{
     Decoder, Encoder, Event, Frame, GoAwayStatus, HeaderBlock, Limits, Role, RstStatus, Session,
