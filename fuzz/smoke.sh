@@ -7,8 +7,7 @@
 # New corpus entries go to a scratch directory, so the committed seeds under
 # fuzz/corpus/<target>/ are read but never added to.
 #
-# Environment: FUZZ_SANITIZER (default address; `none` runs faster), SPDY_FUZZ_STRICT=1 to
-# also fail on the src/spdy bugs already reported (see fuzz/src/session.rs).
+# Environment: FUZZ_SANITIZER (default address; `none` runs faster).
 set -euo pipefail
 
 seconds="${1:-20}"
