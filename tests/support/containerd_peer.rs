@@ -136,6 +136,8 @@ struct State {
     finished: usize,
     reaper: Option<ChildStdin>,
     dir: Option<PathBuf>,
+    /// Run at teardown, before containerd stops (see [`on_teardown`]).
+    hooks: Vec<Box<dyn FnOnce() + Send>>,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
@@ -144,7 +146,18 @@ static STATE: Mutex<State> = Mutex::new(State {
     finished: 0,
     reaper: None,
     dir: None,
+    hooks: Vec::new(),
 });
+
+/// Registers `hook` to run at the synchronous teardown, before the pod and containerd are
+/// stopped (hooks run in registration order, each on a thread of its own, so they may build a
+/// tokio runtime). For things a test binary builds on top of the shared peer, such as a bridge
+/// in front of containerd's streaming server. A hook must not call [`acquire`]. When the
+/// synchronous teardown does not happen (see the module docs), hooks do not run either.
+pub fn on_teardown(hook: impl FnOnce() + Send + 'static) {
+    let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
+    state.hooks.push(Box::new(hook));
+}
 
 fn scripts_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/containerd")
@@ -460,6 +473,11 @@ fn teardown(state: &mut State) {
         return;
     };
     let t0 = Instant::now();
+    for hook in std::mem::take(&mut state.hooks) {
+        if std::thread::spawn(hook).join().is_err() {
+            notice("a teardown hook panicked");
+        }
+    }
     if let Up::Running(peer) = std::mem::replace(&mut state.up, Up::NotStarted) {
         // Graceful first (CNI DEL, unmounts, cgroups), bounded; stop.sh does the rest anyway.
         let socket = peer.socket.clone();
