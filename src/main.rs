@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
+use ws_spdy_bridge::cri::CriProxyConfig;
 use ws_spdy_bridge::runtime_sim::{ExecRequest, RuntimeSim, SimConfig};
 use ws_spdy_bridge::server::{Bridge, BridgeConfig};
 use ws_spdy_bridge::upstream::UpstreamConfig;
@@ -23,6 +25,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start-up: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Serve WebSocket streaming clients in front of a legacy runtime's streaming server.
@@ -44,6 +48,21 @@ enum Command {
         /// API-server behaviour: report a runtime that vanished mid-session as Success.
         #[arg(long)]
         compat_upstream_loss_is_success: bool,
+        /// CRI interception: serve the CRI API on this socket (`unix:PATH`) and forward it to
+        /// --runtime-endpoint; point the kubelet's --container-runtime-endpoint (or crictl's
+        /// --runtime-endpoint) here.
+        #[arg(long, requires_all = ["runtime_endpoint", "advertise_url"])]
+        cri_listen: Option<String>,
+        /// The runtime's CRI socket (`unix:PATH`).
+        #[arg(long)]
+        runtime_endpoint: Option<String>,
+        /// The bridge's streaming URL as the kubelet reaches it, e.g. http://127.0.0.1:8765;
+        /// CRI Exec/Attach/PortForward answers point there.
+        #[arg(long)]
+        advertise_url: Option<http::Uri>,
+        /// The runtime's streaming address, for runtime URLs that lack a scheme or host.
+        #[arg(long)]
+        runtime_stream_base: Option<http::Uri>,
     },
     /// Run one command over WebSocket v5 (as kubectl ≥ 1.30 does) against a bridge URL such as
     /// ws://127.0.0.1:8765/exec/TOKEN?stdout=true&stderr=true
@@ -118,6 +137,10 @@ fn main() -> ExitCode {
                 base_path,
                 compat_upgrade_client_first,
                 compat_upstream_loss_is_success,
+                cri_listen,
+                runtime_endpoint,
+                advertise_url,
+                runtime_stream_base,
             } => {
                 let mut cfg = BridgeConfig {
                     listen,
@@ -126,7 +149,18 @@ fn main() -> ExitCode {
                     ..BridgeConfig::default()
                 };
                 cfg.session.compat_upstream_loss_is_success = compat_upstream_loss_is_success;
-                serve(cfg, upstream).await
+                match (cri_listen, runtime_endpoint, advertise_url) {
+                    (Some(listen), Some(endpoint), Some(advertise)) => {
+                        let mut cri = CriProxyConfig::new(
+                            unix_path(&listen),
+                            unix_path(&endpoint),
+                            advertise,
+                        );
+                        cri.runtime_stream_base = runtime_stream_base;
+                        serve_cri(cfg, cri).await
+                    }
+                    _ => serve(cfg, upstream).await,
+                }
             }
             Command::WsExec { url, stdin } => ws_exec(&url, stdin).await,
             Command::SimExec {
@@ -282,6 +316,51 @@ async fn cri_exec_token(runtime: &str, request: &ExecRequest) -> Result<String, 
         .as_str()
         .ok_or_else(|| format!("no url in {json}"))?;
     Ok(url.rsplit('/').next().unwrap_or_default().to_owned())
+}
+
+fn unix_path(endpoint: &str) -> std::path::PathBuf {
+    endpoint
+        .strip_prefix("unix://")
+        .or_else(|| endpoint.strip_prefix("unix:"))
+        .unwrap_or(endpoint)
+        .into()
+}
+
+/// CRI interception: the bridge hands out its own streaming URLs and learns every session's
+/// options from the CRI request behind them.
+async fn serve_cri(mut cfg: BridgeConfig, cri: CriProxyConfig) -> ExitCode {
+    if let Err(e) = cri.validate() {
+        eprintln!("serve: {e}");
+        return ExitCode::FAILURE;
+    }
+    let store = Arc::new(cri.token_store());
+    cfg.tokens = Some(store.clone());
+    cfg.base_path = cri.advertise_url.path().trim_end_matches('/').to_owned();
+    let listen = cri.listen.clone();
+    let proxy = match ws_spdy_bridge::cri::serve(cri, store).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("serve: CRI socket {}: {e}", listen.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let bridge = match Bridge::start(cfg).await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("serve: {e}");
+            proxy.shutdown().await;
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "bridge on ws://{}; CRI on unix:{} (point the kubelet's --container-runtime-endpoint here)",
+        bridge.addr(),
+        listen.display()
+    );
+    let _ = tokio::signal::ctrl_c().await;
+    proxy.shutdown().await;
+    bridge.shutdown().await;
+    ExitCode::SUCCESS
 }
 
 async fn ws_exec(url: &str, stdin: bool) -> ExitCode {

@@ -12,14 +12,18 @@
 //! while stdin is back-pressured. The session ends in the order all output → status → Close
 //! 1000 → TCP close.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Semaphore, mpsc};
+use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -84,70 +88,100 @@ pub enum SessionEnd {
 
 /// What the reader tells the session.
 enum ReaderEnd {
+    /// The connection ended or failed.
     Gone,
+    /// The client sent a Close frame; it waits for ours (RFC 6455 §5.5.1).
+    Closed,
     ProtocolError,
 }
 
-/// Runs a session whose upstream is already established (the default order) or failed to
-/// establish (`Err(status)`, the API-server order where the 101 came first).
-pub async fn run<S>(
+/// Runs a session. `upstream` yields the runtime session: already established in the default
+/// order (a ready future), or dialled now in the API-server order, where the 101 came first and
+/// a failure becomes `Err(status)` on channel 3.
+///
+/// The initial message goes out and the client reader starts before the dial (§5.2, §13.3):
+/// the client learns at once that the connection is live, its pings are answered and its
+/// stdin is queued (C-20) while the runtime is slow to answer.
+pub async fn run<S, U>(
     ws: WebSocketStream<S>,
-    upstream: Result<RemoteCommand, Status>,
+    upstream: U,
     opts: StreamOptions,
     cfg: &SessionConfig,
 ) -> SessionEnd
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    U: Future<Output = Result<RemoteCommand, Status>>,
 {
     let (mut sink, stream) = ws.split();
     let activity = Arc::new(Activity::new());
     let initial = frame::initial_message(opts.stdout, opts.stderr && !opts.tty);
     if sink.send(Message::Binary(initial)).await.is_err() {
-        if let Ok(rc) = upstream {
-            rc.close().await;
-        }
+        // An established upstream closes itself once its handle and streams are dropped.
         return SessionEnd::ClientGone;
     }
-    let mut rc = match upstream {
-        Ok(rc) => rc,
-        Err(status) => {
+
+    // Client → runtime: the queues exist before the runtime's streams do.
+    let stdin_budget = Arc::new(Semaphore::new(cfg.stdin_buffer.max(1)));
+    let (stdin_tx, stdin_rx) = mpsc::unbounded_channel::<(Bytes, u32)>();
+    let (resize_tx, resize_rx) = mpsc::channel::<Bytes>(8);
+    let mut reader = spawn(read_client(
+        stream,
+        ReaderCtx {
+            stdin: opts.stdin.then_some(stdin_tx),
+            stdin_budget: stdin_budget.clone(),
+            stdin_cap: cfg.stdin_buffer.max(1),
+            resize: opts.tty.then_some(resize_tx),
+            tty: opts.tty,
+            activity: activity.clone(),
+        },
+    ));
+
+    let dialled = {
+        tokio::pin!(upstream);
+        tokio::select! {
+            u = &mut upstream => Ok(u),
+            r = &mut reader => Err(r.unwrap_or(ReaderEnd::Gone)),
+        }
+    };
+    let mut rc = match dialled {
+        Ok(Ok(rc)) => rc,
+        Ok(Err(status)) => {
+            reader.abort();
             let end = finish(&mut sink, Some(status.clone()), cfg).await;
             return end.unwrap_or(SessionEnd::Completed {
                 exit_code: None,
                 status: Box::new(status),
             });
         }
+        // The client left (or broke the protocol) while the runtime was being dialled; the
+        // dial is dropped with this future, which closes whatever it had opened.
+        Err(ReaderEnd::Gone) => return SessionEnd::ClientGone,
+        Err(ReaderEnd::Closed) => {
+            answer_close(&mut sink, cfg).await;
+            return SessionEnd::ClientGone;
+        }
+        Err(ReaderEnd::ProtocolError) => {
+            let _ = finish(&mut sink, None, cfg).await;
+            return SessionEnd::ClientProtocolError;
+        }
     };
 
-    // Client → runtime.
-    let stdin_budget = Arc::new(Semaphore::new(cfg.stdin_buffer.max(1)));
-    let (stdin_tx, stdin_rx) = mpsc::unbounded_channel::<(Bytes, u32)>();
     let stdin_pump = rc
         .stdin
         .take()
-        .map(|w| tokio::spawn(pump_stdin(w, stdin_rx, stdin_budget.clone())));
-    let resize = rc.resize.take().map(|mut w| {
-        let (tx, mut rx) = mpsc::channel::<Bytes>(8);
-        tokio::spawn(async move {
+        .map(|w| spawn(pump_stdin(w, stdin_rx, stdin_budget)));
+    // Without a resize stream (no tty, or v1/v2) the receiver is dropped, and the reader stops
+    // decoding resizes at the first one.
+    let _resize_pump = rc.resize.take().map(|mut w| {
+        let mut rx = resize_rx;
+        spawn(async move {
             while let Some(json) = rx.recv().await {
                 if w.send(json).await.is_err() {
                     return;
                 }
             }
-        });
-        tx
+        })
     });
-    let reader = tokio::spawn(read_client(
-        stream,
-        ReaderCtx {
-            stdin: opts.stdin.then_some(stdin_tx),
-            stdin_budget,
-            stdin_cap: cfg.stdin_buffer.max(1),
-            resize,
-            tty: opts.tty,
-            activity: activity.clone(),
-        },
-    ));
 
     // Runtime → client.
     let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(8);
@@ -158,7 +192,7 @@ where
     .into_iter()
     .filter_map(|(r, ch)| r.map(|r| (r, ch)))
     .map(|(r, ch)| {
-        tokio::spawn(pump_output(
+        spawn(pump_output(
             r,
             ch,
             out_tx.clone(),
@@ -179,7 +213,6 @@ where
         };
         (outcome, end, rc)
     });
-    let mut reader = reader;
     let mut idle_check = tokio::time::interval(idle_period(cfg.idle_timeout));
     let mut outcome: Option<(Outcome, UpstreamEnd, RemoteCommand)> = None;
     let mut output_done = false;
@@ -221,17 +254,24 @@ where
         // finish on its own for a bounded time, then tear the upstream down. Output pumps
         // drop their data once the writer side is gone.
         drop(out_rx);
-        if matches!(why, ReaderEnd::ProtocolError) {
-            let _ = finish(&mut sink, None, cfg).await;
+        match why {
+            ReaderEnd::ProtocolError => {
+                let _ = finish(&mut sink, None, cfg).await;
+            }
+            ReaderEnd::Closed => answer_close(&mut sink, cfg).await,
+            ReaderEnd::Gone => {}
         }
         reader.abort();
+        // One grace period for all of it: a runtime that does not take stdin must not
+        // double the wait.
+        let deadline = Instant::now() + cfg.client_gone_grace;
         if let Some(p) = stdin_pump {
             // The reader's end dropped the stdin queue: the pump sends FIN after what it has.
-            let _ = tokio::time::timeout(cfg.client_gone_grace, p).await;
+            let _ = tokio::time::timeout_at(deadline, p).await;
         }
         let rc = match outcome {
             Some((_, _, rc)) => Some(rc),
-            None => tokio::time::timeout(cfg.client_gone_grace, &mut outcome_fut)
+            None => tokio::time::timeout_at(deadline, &mut outcome_fut)
                 .await
                 .ok()
                 .map(|(_, _, rc)| rc),
@@ -244,7 +284,7 @@ where
             p.abort();
         }
         return match why {
-            ReaderEnd::Gone => SessionEnd::ClientGone,
+            ReaderEnd::Gone | ReaderEnd::Closed => SessionEnd::ClientGone,
             ReaderEnd::ProtocolError => SessionEnd::ClientProtocolError,
         };
     }
@@ -317,10 +357,19 @@ where
     }
 }
 
+/// Sends the Close frame tungstenite queued in answer to the client's (it goes out only with
+/// the next write or flush, and nothing else is written to a client that is leaving).
+async fn answer_close<K>(sink: &mut K, cfg: &SessionConfig)
+where
+    K: futures_util::Sink<Message> + Unpin,
+{
+    let _ = tokio::time::timeout(cfg.status_write_timeout, sink.close()).await;
+}
+
 async fn teardown<F>(
     outcome: Option<(Outcome, UpstreamEnd, RemoteCommand)>,
     fut: F,
-    stdin_pump: Option<tokio::task::JoinHandle<()>>,
+    stdin_pump: Option<Task<()>>,
 ) where
     F: std::future::Future<Output = (Outcome, UpstreamEnd, RemoteCommand)>,
 {
@@ -357,7 +406,8 @@ where
             // v5 servers accept text frames exactly like binary ones (C-28).
             Ok(Message::Text(t)) => Bytes::from(t),
             Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
-            Ok(Message::Close(_)) | Err(_) => return ReaderEnd::Gone,
+            Ok(Message::Close(_)) => return ReaderEnd::Closed,
+            Err(_) => return ReaderEnd::Gone,
         };
         match frame::decode_inbound(data) {
             Inbound::Stdin(bytes) => {
@@ -477,4 +527,37 @@ impl Activity {
 
 fn idle_period(idle: Duration) -> Duration {
     (idle / 8).clamp(Duration::from_millis(10), Duration::from_secs(60))
+}
+
+/// A task spawned for one session, aborted when dropped: when the session's own task is
+/// aborted (bridge shutdown), its reader, pumps and their streams go with it instead of
+/// outliving it.
+struct Task<T>(JoinHandle<T>);
+
+fn spawn<F>(fut: F) -> Task<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    Task(tokio::spawn(fut))
+}
+
+impl<T> Task<T> {
+    fn abort(&self) {
+        self.0.abort();
+    }
+}
+
+impl<T> Future for Task<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for Task<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -447,16 +447,14 @@ impl Driver {
         let (reason, notify) = match exit {
             Some(Exit::Graceful(reason, notify)) => {
                 // After the peer's GOAWAY or EOF nothing more is worth sending: the peer has
-                // stopped reading. Otherwise reset what is open and say GOAWAY.
-                if !matches!(reason, CloseReason::GoAway | CloseReason::PeerClosed) {
-                    for frame in self.session.close() {
-                        self.send_ctl(frame);
-                    }
-                } else {
-                    self.session.close();
+                // stopped reading. Otherwise reset what is open and say GOAWAY, after the
+                // DATA already queued (the writer sends these last).
+                let mut last = self.session.close();
+                if matches!(reason, CloseReason::GoAway | CloseReason::PeerClosed) {
+                    last.clear();
                 }
                 self.flush_outbox();
-                let _ = self.ctl.send(Ctl::Shutdown);
+                let _ = self.ctl.send(Ctl::Shutdown(last));
                 if tokio::time::timeout(self.cfg.close_timeout, &mut writer)
                     .await
                     .is_err()

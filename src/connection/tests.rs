@@ -248,3 +248,43 @@ async fn dropping_every_handle_closes_the_connection() {
     drop(client_incoming);
     assert_eq!(server.closed().await, CloseReason::GoAway);
 }
+
+#[tokio::test]
+async fn close_writes_data_already_sent_before_its_resets_and_goaway() {
+    // The runtime's ending: output, FIN, the status on the error stream, then close. Data
+    // whose `send` returned is on its way; close must not overtake or drop it, even when the
+    // peer reads slowly and the write queue is full at that moment.
+    let ((client, _), (server, mut incoming)) = pair(ConnectionConfig::server());
+    const OUTPUT: usize = 2 * 1024 * 1024;
+    let runtime = tokio::spawn(async move {
+        let mut out = incoming.accept().await.unwrap().accept();
+        let mut error = incoming.accept().await.unwrap().accept();
+        for _ in 0..OUTPUT / 8192 {
+            out.writer.send(Bytes::from(vec![7u8; 8192])).await.unwrap();
+        }
+        out.writer.finish().await.unwrap();
+        error
+            .writer
+            .send(Bytes::from_static(b"status"))
+            .await
+            .unwrap();
+        server.close().await;
+    });
+    let out = client.open_stream(HeaderBlock::new()).await.unwrap();
+    let error = client.open_stream(HeaderBlock::new()).await.unwrap();
+    // A slow reader: the runtime's write queue is full when it closes.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (mut out_rd, _out_wr) = out.split();
+    let mut total = 0;
+    while let Some(piece) = out_rd.recv().await {
+        total += piece.len();
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(total, OUTPUT);
+    assert_eq!(out_rd.end(), Some(StreamEnd::Fin));
+    let (mut err_rd, _err_wr) = error.split();
+    assert_eq!(err_rd.recv().await, Some(Bytes::from_static(b"status")));
+    assert_eq!(err_rd.recv().await, None);
+    assert_eq!(err_rd.end(), Some(StreamEnd::Reset(RstStatus::CANCEL)));
+    runtime.await.unwrap();
+}

@@ -19,8 +19,9 @@ use crate::spdy::{Encoder, Frame};
 #[derive(Debug)]
 pub(crate) enum Ctl {
     Frame(Frame),
-    /// Write what is queued, shut the write side down and stop.
-    Shutdown,
+    /// Write what is queued, then these closing frames (RST_STREAMs, GOAWAY), shut the write
+    /// side down and stop.
+    Shutdown(Vec<Frame>),
 }
 
 /// Payloads at least this large are written from their own buffer instead of being copied
@@ -42,7 +43,8 @@ pub(crate) async fn run<W: AsyncWrite + Unpin>(
             biased;
             c = ctl.recv() => match c {
                 Some(Ctl::Frame(f)) => Next::Frame(f),
-                Some(Ctl::Shutdown) | None => Next::Shutdown,
+                Some(Ctl::Shutdown(last)) => Next::Shutdown(last),
+                None => Next::Shutdown(Vec::new()),
             },
             d = data.recv(), if data_open => match d {
                 Some(item) => Next::Data(item),
@@ -52,24 +54,24 @@ pub(crate) async fn run<W: AsyncWrite + Unpin>(
         let mut next = Some(first);
         while let Some(item) = next.take() {
             match item {
-                Next::Shutdown => {
+                Next::Shutdown(last) => {
+                    // DATA whose `send` returned before the close goes out before the close's
+                    // RST_STREAMs and GOAWAY: the runtime's last output and its status are
+                    // queued just before it closes, and a reset must not overtake them (the
+                    // peer would drop them) nor a shutdown discard them. The driver bounds
+                    // this by its close timeout when the peer does not read.
+                    while let Ok(item) = data.try_recv() {
+                        put_data(&mut io, &mut buf, item).await?;
+                    }
+                    for frame in &last {
+                        encode(&mut encoder, frame, &mut buf)?;
+                    }
                     io.write_all(&buf).await?;
                     io.flush().await?;
                     return io.shutdown().await;
                 }
                 Next::Frame(frame) => encode(&mut encoder, &frame, &mut buf)?,
-                Next::Data(item) => {
-                    let header = data_header(item.stream_id, item.fin, item.payload.len())
-                        .map_err(io::Error::other)?;
-                    buf.extend_from_slice(&header);
-                    if item.payload.len() >= DIRECT_WRITE {
-                        io.write_all(&buf).await?;
-                        buf.clear();
-                        io.write_all(&item.payload).await?;
-                    } else {
-                        buf.extend_from_slice(&item.payload);
-                    }
-                }
+                Next::Data(item) => put_data(&mut io, &mut buf, item).await?,
             }
             if buf.len() >= BATCH {
                 io.write_all(&buf).await?;
@@ -78,7 +80,7 @@ pub(crate) async fn run<W: AsyncWrite + Unpin>(
             // Take whatever else is ready, control first, before paying for a write.
             next = match ctl.try_recv() {
                 Ok(Ctl::Frame(f)) => Some(Next::Frame(f)),
-                Ok(Ctl::Shutdown) => Some(Next::Shutdown),
+                Ok(Ctl::Shutdown(last)) => Some(Next::Shutdown(last)),
                 Err(_) if data_open => data.try_recv().ok().map(Next::Data),
                 Err(_) => None,
             };
@@ -96,7 +98,52 @@ pub(crate) async fn run<W: AsyncWrite + Unpin>(
 enum Next {
     Frame(Frame),
     Data(DataItem),
-    Shutdown,
+    Shutdown(Vec<Frame>),
+}
+
+/// Appends one DATA frame to the batch; a large payload is written from its own buffer
+/// (after the batch) rather than copied.
+async fn put_data<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    buf: &mut BytesMut,
+    item: DataItem,
+) -> io::Result<()> {
+    let header =
+        data_header(item.stream_id, item.fin, item.payload.len()).map_err(io::Error::other)?;
+    buf.extend_from_slice(&header);
+    if item.payload.len() >= DIRECT_WRITE {
+        write_both(io, buf, &item.payload).await?;
+        buf.clear();
+    } else {
+        buf.extend_from_slice(&item.payload);
+    }
+    Ok(())
+}
+
+/// Writes `head` then `tail` with vectored writes: one syscall (one TCP segment train) per
+/// DATA frame instead of one for the 8-byte header and another for the payload. With
+/// TCP_NODELAY a lone header would otherwise leave as its own segment and wake the peer for
+/// 8 bytes.
+async fn write_both<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    mut head: &[u8],
+    mut tail: &[u8],
+) -> io::Result<()> {
+    while !head.is_empty() {
+        let n = io
+            .write_vectored(&[io::IoSlice::new(head), io::IoSlice::new(tail)])
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        if n < head.len() {
+            head = &head[n..];
+        } else {
+            tail = &tail[n - head.len()..];
+            head = &[];
+        }
+    }
+    io.write_all(tail).await
 }
 
 fn encode(encoder: &mut Encoder, frame: &Frame, buf: &mut BytesMut) -> io::Result<()> {

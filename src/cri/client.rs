@@ -21,10 +21,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, BufMut, Bytes};
 use http::Uri;
 use http::uri::PathAndQuery;
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, Endpoint};
 
 use super::methods;
@@ -95,6 +97,44 @@ impl tower::Service<Uri> for UnixConnector {
     fn call(&mut self, _uri: Uri) -> Self::Future {
         let path = self.path.clone();
         Box::pin(async move { UnixStream::connect(&*path).await.map(TokioIo::new) })
+    }
+}
+
+/// A codec that leaves messages as bytes.
+#[derive(Clone, Copy, Debug, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
 
@@ -261,6 +301,38 @@ impl CriClient {
             .unary(methods::LIST_CONTAINERS, ListContainersRequest { filter })
             .await?;
         Ok(resp.containers)
+    }
+
+    /// `ListPodSandbox`.
+    pub async fn list_pod_sandbox(
+        &self,
+        filter: Option<PodSandboxFilter>,
+    ) -> Result<Vec<PodSandbox>, CriError> {
+        let resp: ListPodSandboxResponse = self
+            .unary(methods::LIST_POD_SANDBOX, ListPodSandboxRequest { filter })
+            .await?;
+        Ok(resp.items)
+    }
+
+    /// Performs one unary call with an already encoded request and returns the response
+    /// message's bytes as the server sent them: for any method, known to [`super::proto`] or
+    /// not, and for comparing answers byte for byte.
+    pub async fn unary_raw(&self, method: &'static str, req: Bytes) -> Result<Bytes, CriError> {
+        let mut grpc = self.grpc.clone();
+        let fail = |status| CriError::Call { method, status };
+        grpc.ready().await.map_err(|e| {
+            fail(tonic::Status::unavailable(format!(
+                "CRI connection not ready: {e}"
+            )))
+        })?;
+        grpc.unary(
+            tonic::Request::new(req),
+            PathAndQuery::from_static(method),
+            RawCodec,
+        )
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(fail)
     }
 
     /// `Exec`: returns the single-use streaming URL.

@@ -397,6 +397,66 @@ pub struct RunPodSandboxResponse {
     pub pod_sandbox_id: String,
 }
 
+/// State of a [`PodSandbox`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum PodSandboxState {
+    SandboxReady = 0,
+    SandboxNotready = 1,
+}
+
+/// Wrapper that distinguishes "no state filter" from `SANDBOX_READY` (0).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PodSandboxStateValue {
+    #[prost(enumeration = "PodSandboxState", tag = "1")]
+    pub state: i32,
+}
+
+/// Filter of [`ListPodSandboxRequest`]; set fields are combined with AND.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PodSandboxFilter {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(message, optional, tag = "2")]
+    pub state: Option<PodSandboxStateValue>,
+    #[prost(map = "string, string", tag = "3")]
+    pub label_selector: HashMap<String, String>,
+}
+
+/// `ListPodSandbox` request.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListPodSandboxRequest {
+    #[prost(message, optional, tag = "1")]
+    pub filter: Option<PodSandboxFilter>,
+}
+
+/// One sandbox as listed by the runtime.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PodSandbox {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(message, optional, tag = "2")]
+    pub metadata: Option<PodSandboxMetadata>,
+    #[prost(enumeration = "PodSandboxState", tag = "3")]
+    pub state: i32,
+    /// Nanoseconds since the Unix epoch.
+    #[prost(int64, tag = "4")]
+    pub created_at: i64,
+    #[prost(map = "string, string", tag = "5")]
+    pub labels: HashMap<String, String>,
+    #[prost(map = "string, string", tag = "6")]
+    pub annotations: HashMap<String, String>,
+    #[prost(string, tag = "7")]
+    pub runtime_handler: String,
+}
+
+/// `ListPodSandbox` response.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListPodSandboxResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub items: Vec<PodSandbox>,
+}
+
 /// `StopPodSandbox` request.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct StopPodSandboxRequest {

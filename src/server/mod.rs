@@ -5,7 +5,7 @@ mod options;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_TYPE, UPGRADE};
@@ -27,8 +27,12 @@ pub use options::{OptionsError, stream_options};
 use crate::bridge::passthrough::{self, PassthroughConfig};
 use crate::bridge::remotecommand::{self, SessionConfig, SessionEnd};
 use crate::channel::subprotocol::{self, RemoteCommandChoice};
+use crate::connection::ConnectionConfig;
 use crate::status::Status;
-use crate::upstream::remotecommand::{RemoteCommand, StartError, client_connection_config};
+use crate::tokens::{self, TokenStore};
+use crate::upstream::remotecommand::{
+    RemoteCommand, StartError, StreamOptions, client_connection_config,
+};
 use crate::upstream::{UpstreamConfig, UpstreamError, redact_path};
 
 /// The response body type of every route.
@@ -49,10 +53,18 @@ pub struct BridgeConfig {
     pub compat_upgrade_client_first: bool,
     /// Upstream connection settings.
     pub upstream_cfg: UpstreamConfig,
+    /// The SPDY connection to the runtime: SYN_REPLY wait (30 s), PING period (5 s), close
+    /// timeout, decoder caps. Default [`client_connection_config`], client-go's values.
+    pub connection: ConnectionConfig,
     /// Translated-session settings.
     pub session: SessionConfig,
     /// Largest client WebSocket message, in bytes. Default 32 MiB (x/net/websocket's cap).
     pub max_message: usize,
+    /// CRI interception: the bridge tokens handed out by [`crate::cri`]. With a store, a
+    /// path's token must be one of them and names the runtime URL and stream options; without
+    /// one (standalone), the path maps onto [`upstream`](Self::upstream) and the options come
+    /// from the query. Default none.
+    pub tokens: Option<Arc<TokenStore>>,
 }
 
 impl BridgeConfig {
@@ -70,9 +82,49 @@ impl Default for BridgeConfig {
             base_path: String::new(),
             compat_upgrade_client_first: false,
             upstream_cfg: UpstreamConfig::default(),
+            connection: client_connection_config(),
             session: SessionConfig::default(),
             max_message: Self::DEFAULT_MAX_MESSAGE,
+            tokens: None,
         }
+    }
+}
+
+/// What every connection of a bridge shares.
+struct Ctx {
+    cfg: BridgeConfig,
+    /// Translated sessions outlive the HTTP connection that upgraded them; they are kept here
+    /// so that [`Bridge::shutdown`] ends them too. `None` once shut down.
+    sessions: Mutex<Option<JoinSet<()>>>,
+}
+
+impl Ctx {
+    /// Runs a session the bridge tracks; after shutdown the session is dropped unstarted.
+    fn spawn_session<F>(&self, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(set) = sessions.as_mut() {
+            // Reap finished sessions so the set does not grow with the number served.
+            while set.try_join_next().is_some() {}
+            set.spawn(fut);
+        }
+    }
+
+    fn take_sessions(&self) -> Option<JoinSet<()>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+}
+
+impl std::ops::Deref for Ctx {
+    type Target = BridgeConfig;
+
+    fn deref(&self) -> &BridgeConfig {
+        &self.cfg
     }
 }
 
@@ -89,7 +141,10 @@ impl Bridge {
         let listener = TcpListener::bind(cfg.listen).await?;
         let addr = listener.local_addr()?;
         let (stop, stop_rx) = watch::channel(false);
-        let ctx = Arc::new(cfg);
+        let ctx = Arc::new(Ctx {
+            cfg,
+            sessions: Mutex::new(Some(JoinSet::new())),
+        });
         info!(%addr, upstream = %ctx.upstream, "bridge listening");
         let task = tokio::spawn(accept_loop(listener, ctx, stop_rx));
         Ok(Bridge { addr, stop, task })
@@ -107,11 +162,7 @@ impl Bridge {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    ctx: Arc<BridgeConfig>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -142,7 +193,11 @@ async fn accept_loop(
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
+    // Connections first: once their handlers are gone, no new session can start.
     conns.shutdown().await;
+    if let Some(mut sessions) = ctx.take_sessions() {
+        sessions.shutdown().await;
+    }
 }
 
 /// The routes a bridge serves.
@@ -179,26 +234,38 @@ fn route<'a>(path: &'a str, base: &str) -> Option<(Kind, &'a str)> {
     Some((kind, token))
 }
 
-async fn handle(
-    req: Request<Incoming>,
-    peer: SocketAddr,
-    ctx: Arc<BridgeConfig>,
-) -> Response<Body> {
+async fn handle(req: Request<Incoming>, peer: SocketAddr, ctx: Arc<Ctx>) -> Response<Body> {
     let Some((kind, token)) = route(req.uri().path(), &ctx.base_path) else {
         return status_response(
             StatusCode::NOT_FOUND,
             Status::http_error(404, "NotFound", "404 page not found"),
         );
     };
-    let upstream_url = match upstream_url(&ctx.upstream, kind, token) {
-        Some(u) => u,
-        None => {
-            return status_response(
-                StatusCode::BAD_REQUEST,
-                Status::http_error(400, "BadRequest", "invalid token in request path"),
-            );
-        }
+    // With CRI interception the token is the bridge's own: it names the runtime's URL and
+    // the CRI request's stream options, and like the runtime's it is spent by its first use,
+    // whatever happens next (protocol.md §2.2).
+    let (upstream_url, known) = match &ctx.tokens {
+        Some(store) => match store.take(token) {
+            Some(s) if s.kind.as_str() == kind.as_str() => (s.runtime_url.clone(), Some(s)),
+            _ => {
+                debug!(token = %tokens::redact(token), "unknown or expired bridge token");
+                return status_response(
+                    StatusCode::NOT_FOUND,
+                    Status::http_error(404, "NotFound", "unknown or expired streaming token"),
+                );
+            }
+        },
+        None => match upstream_url(&ctx.upstream, kind, token) {
+            Some(u) => (u, None),
+            None => {
+                return status_response(
+                    StatusCode::BAD_REQUEST,
+                    Status::http_error(400, "BadRequest", "invalid token in request path"),
+                );
+            }
+        },
     };
+    let known_options = known.as_ref().map(|s| s.options);
     let headers = req.headers();
     let websocket =
         header_has(headers, &UPGRADE, "websocket") && header_has(headers, &CONNECTION, "upgrade");
@@ -218,10 +285,12 @@ async fn handle(
     }
     let offered = subprotocol::offered(headers);
     if kind == Kind::PortForward {
-        return passthrough_response(req, upstream_url, peer, &ctx).await;
+        // WebSocket port-forward: the tunnel or the legacy channel protocol, translated to the
+        // runtime's SPDY port-forward. (SPDY clients were passed through above.)
+        return portforward_response(req, upstream_url, &ctx).await;
     }
     match subprotocol::choose_remote_command(&offered) {
-        RemoteCommandChoice::V5 => translate(req, kind, upstream_url, &ctx).await,
+        RemoteCommandChoice::V5 => translate(req, kind, upstream_url, known_options, &ctx).await,
         RemoteCommandChoice::Legacy(_) | RemoteCommandChoice::NoneOffered => {
             passthrough_response(req, upstream_url, peer, &ctx).await
         }
@@ -251,7 +320,8 @@ async fn translate(
     req: Request<Incoming>,
     kind: Kind,
     upstream_url: http::Uri,
-    ctx: &Arc<BridgeConfig>,
+    known_options: Option<StreamOptions>,
+    ctx: &Arc<Ctx>,
 ) -> Response<Body> {
     if req.method() != Method::GET {
         return status_response(
@@ -282,7 +352,7 @@ async fn translate(
             Status::http_error(400, "BadRequest", "missing Sec-WebSocket-Key"),
         );
     };
-    let opts = match stream_options(req.uri().query()) {
+    let opts = match known_options.map_or_else(|| stream_options(req.uri().query()), Ok) {
         Ok(o) => o,
         Err(e) => {
             // Refused before any upstream contact: the runtime's token is not spent.
@@ -320,8 +390,9 @@ async fn translate(
         HeaderValue::from_static(subprotocol::V5),
     );
 
-    let ctx = ctx.clone();
-    tokio::spawn(async move {
+    let session_ctx = ctx.clone();
+    ctx.spawn_session(async move {
+        let ctx = session_ctx;
         let upgraded = match hyper::upgrade::on(req).await {
             Ok(u) => u,
             Err(e) => {
@@ -340,11 +411,14 @@ async fn translate(
         let ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_cfg))
                 .await;
-        let upstream = match upstream {
-            Some(rc) => Ok(rc),
-            None => start_upstream(&upstream_url, opts, &ctx)
-                .await
-                .map_err(|e| status_for_start_error(&e)),
+        // API-server order: the dial happens inside the session, after the initial message.
+        let upstream = async {
+            match upstream {
+                Some(rc) => Ok(rc),
+                None => start_upstream(&upstream_url, opts, &ctx)
+                    .await
+                    .map_err(|e| status_for_start_error(&e)),
+            }
         };
         let end = remotecommand::run(ws, upstream, opts, &ctx.session).await;
         log_end(kind, &end);
@@ -354,10 +428,10 @@ async fn translate(
 
 async fn start_upstream(
     url: &http::Uri,
-    opts: crate::upstream::remotecommand::StreamOptions,
+    opts: StreamOptions,
     ctx: &BridgeConfig,
 ) -> Result<RemoteCommand, StartError> {
-    RemoteCommand::start(url, opts, &ctx.upstream_cfg, client_connection_config()).await
+    RemoteCommand::start(url, opts, &ctx.upstream_cfg, ctx.connection.clone()).await
 }
 
 fn log_end(kind: Kind, end: &SessionEnd) {
@@ -463,6 +537,35 @@ fn empty_response(code: StatusCode) -> Response<Body> {
     );
     *resp.status_mut() = code;
     resp
+}
+
+/// Port-forward over WebSocket (Mode B tunnel, Mode C channels): `bridge::portforward` answers
+/// the upgrade; its session runs among the bridge's sessions, so shutdown ends it.
+async fn portforward_response(
+    req: Request<Incoming>,
+    upstream_url: http::Uri,
+    ctx: &Arc<Ctx>,
+) -> Response<Body> {
+    use crate::bridge::portforward::{self, ChannelConfig, PortForwardConfig, TunnelConfig};
+    let cfg = PortForwardConfig {
+        upstream: ctx.upstream_cfg.clone(),
+        tunnel: TunnelConfig {
+            max_message: ctx.max_message,
+            ..TunnelConfig::default()
+        },
+        channel: ChannelConfig {
+            connection: ctx.connection.clone(),
+            ..ChannelConfig::default()
+        },
+        ..PortForwardConfig::default()
+    };
+    let (response, session) = portforward::serve(req, upstream_url, &cfg).await;
+    if let Some(session) = session {
+        ctx.spawn_session(async move {
+            session.run().await;
+        });
+    }
+    response.map(|b| b.map_err(|never| match never {}).boxed())
 }
 
 #[cfg(test)]
