@@ -39,7 +39,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use ws_spdy_bridge::channel::frame;
 use ws_spdy_bridge::runtime_sim::{ExecRequest, RuntimeSim, SimConfig};
-use ws_spdy_bridge::server::{Bridge, BridgeConfig};
+use ws_spdy_bridge::server::{Bridge, BridgeConfig, ServeLimits};
 use ws_spdy_bridge::upstream::UpstreamConfig;
 use ws_spdy_bridge::upstream::remotecommand::{
     Outcome, RemoteCommand, StreamOptions, client_connection_config,
@@ -126,6 +126,11 @@ async fn bridge_child(upstream: &str) {
     let bridge = Bridge::start(BridgeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         upstream: format!("http://{upstream}").parse().unwrap(),
+        // Room for the memory phase; the default admits 512 sessions.
+        limits: ServeLimits {
+            max_sessions: IDLE_POINTS[1] + 16,
+            ..ServeLimits::default()
+        },
         ..BridgeConfig::default()
     })
     .await
@@ -343,6 +348,12 @@ impl Setup {
         ws
     }
 
+    /// Replaces the bridge process with a fresh one in front of the same simulator.
+    async fn restart_bridge(&mut self) {
+        let fresh = Peer::spawn(&["--bridge", &self.sim.addr.to_string()]).await;
+        std::mem::replace(&mut self.bridge, fresh).stop().await;
+    }
+
     fn cpu(&self) -> Cpu {
         Cpu {
             bridge: self.bridge.cpu(),
@@ -355,24 +366,17 @@ impl Setup {
 /// Reads a v5 session to its end: counts channel-1 bytes, keeps the status (channel 3).
 async fn drain_ws(ws: &mut Ws) -> (u64, Vec<u8>) {
     let mut stdout = 0u64;
-    let mut msgs = 0u64;
     let mut status = Vec::new();
     while let Some(msg) = ws.next().await {
         match msg.unwrap() {
             Message::Binary(b) => match b.first() {
-                Some(&frame::STDOUT) => {
-                    stdout += b.len() as u64 - 1;
-                    msgs += 1;
-                }
+                Some(&frame::STDOUT) => stdout += b.len() as u64 - 1,
                 Some(&frame::ERROR) => status.extend_from_slice(&b[1..]),
                 _ => {}
             },
             Message::Close(_) => break,
             _ => {}
         }
-    }
-    if msgs > 0 {
-        eprintln!("ws msgs {msgs} avg {}", stdout / msgs);
     }
     (stdout, status)
 }
@@ -450,12 +454,9 @@ async fn run_once(s: &mut Setup, dir: Direction, path: Path, bytes: u64) -> Run 
                 Direction::Stdout => {
                     let mut out = rc.stdout.take().unwrap();
                     let mut n = 0u64;
-                    let mut k = 0u64;
                     while let Some(piece) = out.recv().await {
                         n += piece.len() as u64;
-                        k += 1;
                     }
-                    eprintln!("spdy pieces {k} avg {}", n / k);
                     n
                 }
                 Direction::Stdin => {
@@ -650,17 +651,53 @@ struct Mark {
     sim_rss: u64,
 }
 
+impl Mark {
+    /// Bytes per session between this mark and a later one, for (RSS, heap, simulator RSS).
+    fn slope(&self, later: &Mark) -> (f64, f64, f64) {
+        let n = (later.sessions - self.sessions) as f64;
+        (
+            (later.bridge_rss as f64 - self.bridge_rss as f64) / n,
+            (later.bridge_heap - self.bridge_heap) as f64 / n,
+            (later.sim_rss as f64 - self.sim_rss as f64) / n,
+        )
+    }
+}
+
 struct Memory {
     marks: Vec<Mark>,
     open_secs: f64,
-    /// The simulator's exec processes at the last mark, checked again after shutdown.
+    /// The exec processes behind the sessions, checked again after shutdown.
     sleeps: Vec<u32>,
 }
 
-async fn memory(s: &mut Setup) -> Memory {
+/// What the idle sessions did before going idle.
+#[derive(Clone, Copy, PartialEq)]
+enum History {
+    /// Nothing: opened and left alone.
+    Fresh,
+    /// `BURST` bytes of output read and `BURST` bytes of stdin sent, in 32 KiB messages: what
+    /// an interactive session that printed something and was typed into looks like, bulk
+    /// buffers included.
+    Burst,
+}
+
+/// Output and input of a [`History::Burst`] session.
+const BURST: usize = 256 * 1024;
+
+async fn memory(s: &mut Setup, history: History) -> Memory {
+    // A fresh bridge process, so that its RSS holds the sessions and nothing freed by an
+    // earlier phase that the allocator could hand out again.
+    s.restart_bridge().await;
     // kubectl exec -i: stdin, stdout and stderr, no terminal. `sleep` never reads or writes,
     // so after setup the sessions are idle apart from the bridge's 5 s upstream PING.
-    let req = exec_request(&["sleep", "3600"], true, true, true);
+    let script = format!("head -c {BURST} /dev/zero; head -c {BURST} >/dev/null; exec sleep 3600");
+    let req = match history {
+        History::Fresh => exec_request(&["sleep", "3600"], true, true, true),
+        History::Burst => exec_request(&["sh", "-c", &script], true, true, true),
+    };
+    let mut stdin = vec![0x5a; 1 + STDIN_CHUNK];
+    stdin[0] = frame::STDIN;
+    let stdin = Bytes::from(stdin);
     let mut held = Vec::new();
     let mut marks = Vec::new();
     let started = Instant::now();
@@ -668,9 +705,19 @@ async fn memory(s: &mut Setup) -> Memory {
         while held.len() < target {
             let mut ws = s.bridged(&req).await;
             // The bridge answers 101 only once every upstream stream exists; the first
-            // message means its session task is running too. Then the session is left alone.
+            // message means its session task is running too.
             let first = ws.next().await.unwrap().unwrap();
             assert_eq!(first.into_data().as_ref(), &[frame::STDOUT]);
+            if history == History::Burst {
+                let mut got = 0;
+                while got < BURST {
+                    got += ws.next().await.unwrap().unwrap().into_data().len() - 1;
+                }
+                for _ in 0..BURST / STDIN_CHUNK {
+                    ws.send(Message::Binary(stdin.clone())).await.unwrap();
+                }
+            }
+            // From here on the session is left alone.
             held.push(ws);
         }
         tokio::time::sleep(SETTLE).await;
@@ -690,9 +737,14 @@ async fn memory(s: &mut Setup) -> Memory {
         sleeps.len(),
         held.len()
     );
-    // Cleanup is measured rather than trusted: the clients go first (the bridge then winds
-    // the sessions down), and the simulator's shutdown kills whatever is left; the check is on
-    // the exec processes themselves.
+    // End the sessions the way they would end in production, by their processes exiting;
+    // SIGKILL because `sleep` ignores the end of its stdin. Whether anything is left is
+    // checked after the simulator's shutdown, on the processes themselves.
+    for &pid in &sleeps {
+        if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
     drop(held);
     Memory {
         marks,
@@ -752,26 +804,32 @@ fn main() {
         let out = throughput(&mut s, Direction::Stdout).await;
         let inp = throughput(&mut s, Direction::Stdin).await;
         let lat = latency(&mut s).await;
-        let mem = memory(&mut s).await;
+        let fresh = memory(&mut s, History::Fresh).await;
+        let burst = memory(&mut s, History::Burst).await;
 
         let Setup { sim, bridge } = s;
         sim.stop().await;
         bridge.stop().await;
         // Killed processes are reaped by init once the simulator is gone; give it a moment.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let alive = mem.sleeps.iter().filter(|&&p| is_alive_sleep(p)).count();
-        report(&out, &inp, &lat, &mem, alive, started.elapsed());
+        let started_processes = fresh.sleeps.len() + burst.sleeps.len();
+        let alive = fresh
+            .sleeps
+            .iter()
+            .chain(&burst.sleeps)
+            .filter(|&&p| is_alive_sleep(p))
+            .count();
+        report(&out, &inp, &lat, &[&fresh, &burst]);
+        println!(
+            "  sessions opened in {:.1} s + {:.1} s; {started_processes} exec processes, {alive} alive after shutdown; total {:.0} s",
+            fresh.open_secs,
+            burst.open_secs,
+            started.elapsed().as_secs_f64()
+        );
     });
 }
 
-fn report(
-    out: &Throughput,
-    inp: &Throughput,
-    lat: &Latency,
-    mem: &Memory,
-    alive: usize,
-    total: Duration,
-) {
+fn report(out: &Throughput, inp: &Throughput, lat: &Latency, mem: &[&Memory; 2]) {
     println!(
         "exec through the bridge (WebSocket v5 -> SPDY) vs direct SPDY to the same simulator, same run"
     );
@@ -836,45 +894,39 @@ fn report(
             target
         );
     }
-    let (a, b) = (&mem.marks[0], &mem.marks[1]);
-    let n = (b.sessions - a.sessions) as f64;
+    let mib = |x: u64| x as f64 / (1024.0 * 1024.0);
     let kib = |x: f64| x / 1024.0;
-    println!(
-        "{:<34}{:>11}{:>11}{:>8}{:>9}",
-        "idle sessions (sleep, -i)",
-        format!("{}", a.sessions),
-        format!("{}", b.sessions),
-        "slope",
-        "target"
-    );
-    println!(
-        "{:<34}{:>7.1} MiB{:>7.1} MiB{:>4.1} KiB{:>9}",
-        "  bridge RSS",
-        kib(kib(a.bridge_rss as f64)),
-        kib(kib(b.bridge_rss as f64)),
-        kib((b.bridge_rss as f64 - a.bridge_rss as f64) / n),
-        "<=64 KiB"
-    );
-    println!(
-        "{:<34}{:>7.1} MiB{:>7.1} MiB{:>4.1} KiB",
-        "  bridge heap (live bytes)",
-        kib(kib(a.bridge_heap as f64)),
-        kib(kib(b.bridge_heap as f64)),
-        kib((b.bridge_heap - a.bridge_heap) as f64 / n),
-    );
-    println!(
-        "{:<34}{:>7.1} MiB{:>7.1} MiB{:>4.1} KiB",
-        "  simulator RSS (for scale)",
-        kib(kib(a.sim_rss as f64)),
-        kib(kib(b.sim_rss as f64)),
-        kib((b.sim_rss as f64 - a.sim_rss as f64) / n),
-    );
-    println!(
-        "  {} sessions opened in {:.1} s; {} exec processes seen, {} alive after shutdown; total {:.0} s",
-        b.sessions,
-        mem.open_secs,
-        mem.sleeps.len(),
-        alive,
-        total.as_secs_f64()
-    );
+    for (title, mem) in [
+        ("idle sessions (sleep, -i)", mem[0]),
+        ("  idle after 256 KiB out + in", mem[1]),
+    ] {
+        let (a, b) = (&mem.marks[0], &mem.marks[1]);
+        let (rss, heap, sim) = a.slope(b);
+        println!(
+            "{:<34}{:>11}{:>11}{:>10}{:>9}",
+            title, a.sessions, b.sessions, "slope", "target"
+        );
+        println!(
+            "{:<34}{:>7.1} MiB{:>7.1} MiB{:>6.1} KiB{:>9}",
+            "    bridge RSS",
+            mib(a.bridge_rss),
+            mib(b.bridge_rss),
+            kib(rss),
+            "<=64 KiB"
+        );
+        println!(
+            "{:<34}{:>7.1} MiB{:>7.1} MiB{:>6.1} KiB",
+            "    bridge heap (live bytes)",
+            mib(a.bridge_heap.max(0) as u64),
+            mib(b.bridge_heap.max(0) as u64),
+            kib(heap),
+        );
+        println!(
+            "{:<34}{:>7.1} MiB{:>7.1} MiB{:>6.1} KiB",
+            "    simulator RSS (for scale)",
+            mib(a.sim_rss),
+            mib(b.sim_rss),
+            kib(sim),
+        );
+    }
 }

@@ -4,8 +4,10 @@
 
 pub mod bridge;
 pub mod channel;
+pub mod config;
 pub mod connection;
 pub mod cri;
+pub mod metrics;
 pub mod relay;
 pub mod runtime_sim;
 pub mod server;

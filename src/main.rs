@@ -1,13 +1,16 @@
-//! Command line: parse flags, set up logging, call the library.
+//! Command line: parse flags, load the configuration, set up logging, call the library.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
-use ws_spdy_bridge::cri::CriProxyConfig;
+use ws_spdy_bridge::config::{Config, ConfigErrors, Flags, LogFormat, LogSection, Sources};
+use ws_spdy_bridge::metrics::Metrics;
 use ws_spdy_bridge::runtime_sim::{ExecRequest, RuntimeSim, SimConfig};
+use ws_spdy_bridge::server::admin::{ReadyCheck, serve_admin};
 use ws_spdy_bridge::server::{Bridge, BridgeConfig};
 use ws_spdy_bridge::upstream::UpstreamConfig;
 use ws_spdy_bridge::upstream::remotecommand::{
@@ -30,39 +33,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve WebSocket streaming clients in front of a legacy runtime's streaming server.
-    Serve {
-        /// Address to listen on.
-        #[arg(long, default_value = BridgeConfig::DEFAULT_LISTEN)]
-        listen: SocketAddr,
-        /// The runtime's streaming server, e.g. http://127.0.0.1:41235. Without it, a built-in
-        /// legacy-runtime simulator is started on loopback and used.
-        #[arg(long)]
-        upstream: Option<http::Uri>,
-        /// Prefix of the bridge's routes.
-        #[arg(long, default_value = "")]
-        base_path: String,
-        /// API-server order: answer 101 before contacting the runtime (upstream errors then
-        /// arrive as a status on channel 3 instead of an HTTP error).
-        #[arg(long)]
-        compat_upgrade_client_first: bool,
-        /// API-server behaviour: report a runtime that vanished mid-session as Success.
-        #[arg(long)]
-        compat_upstream_loss_is_success: bool,
-        /// CRI interception: serve the CRI API on this socket (`unix:PATH`) and forward it to
-        /// --runtime-endpoint; point the kubelet's --container-runtime-endpoint (or crictl's
-        /// --runtime-endpoint) here.
-        #[arg(long, requires_all = ["runtime_endpoint", "advertise_url"])]
-        cri_listen: Option<String>,
-        /// The runtime's CRI socket (`unix:PATH`).
-        #[arg(long)]
-        runtime_endpoint: Option<String>,
-        /// The bridge's streaming URL as the kubelet reaches it, e.g. http://127.0.0.1:8765;
-        /// CRI Exec/Attach/PortForward answers point there.
-        #[arg(long)]
-        advertise_url: Option<http::Uri>,
-        /// The runtime's streaming address, for runtime URLs that lack a scheme or host.
-        #[arg(long)]
-        runtime_stream_base: Option<http::Uri>,
+    /// Settings come from --config, then WS_SPDY_BRIDGE_… environment variables, then these
+    /// flags (README "Configuration"). SIGTERM or Ctrl-C drains: the listener closes, live
+    /// sessions get `drain.deadline` to finish, then the rest are ended; exit 0.
+    Serve(ServeArgs),
+    /// Print the effective configuration of FILE (plus WS_SPDY_BRIDGE_… environment
+    /// variables), secrets masked; or every error with its key, and exit 1.
+    CheckConfig {
+        /// A .yaml, .yml or .toml configuration file.
+        file: PathBuf,
     },
     /// Run one command over WebSocket v5 (as kubectl ≥ 1.30 does) against a bridge URL such as
     /// ws://127.0.0.1:8765/exec/TOKEN?stdout=true&stderr=true
@@ -119,49 +98,82 @@ enum Command {
     },
 }
 
+/// `serve`'s flags: each sets one configuration key, over the file and the environment.
+#[derive(Args)]
+struct ServeArgs {
+    /// Configuration file (.yaml, .yml or .toml). Without it every key starts at its default.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// `listen`: address of the streaming listener [default: 127.0.0.1:8765].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// `upstream.url`: the runtime's streaming server, e.g. http://127.0.0.1:41235. With no
+    /// --config, no upstream and no CRI settings, a built-in legacy-runtime simulator is
+    /// started on loopback and used (it runs commands on this machine).
+    #[arg(long, value_name = "URL")]
+    upstream: Option<String>,
+    /// `base_path`: prefix of the bridge's routes.
+    #[arg(long)]
+    base_path: Option<String>,
+    /// `compat.upgrade_client_first`: API-server order, answer 101 before contacting the
+    /// runtime (upstream errors then arrive as a status on channel 3 instead of an HTTP error).
+    #[arg(long)]
+    compat_upgrade_client_first: bool,
+    /// `compat.upstream_loss_is_success`: report a runtime that vanished mid-session as Success.
+    #[arg(long)]
+    compat_upstream_loss_is_success: bool,
+    /// `cri.listen`: serve the CRI API on this socket (`unix:PATH`) and forward it to
+    /// --runtime-endpoint; point the kubelet's --container-runtime-endpoint (or crictl's
+    /// --runtime-endpoint) here. Needs --runtime-endpoint and --advertise-url.
+    #[arg(long)]
+    cri_listen: Option<String>,
+    /// `cri.runtime_endpoint`: the runtime's CRI socket (`unix:PATH`).
+    #[arg(long)]
+    runtime_endpoint: Option<String>,
+    /// `cri.advertise_url`: the bridge's streaming URL as the kubelet reaches it, e.g.
+    /// http://127.0.0.1:8765; CRI Exec/Attach/PortForward answers point there.
+    #[arg(long, value_name = "URL")]
+    advertise_url: Option<String>,
+    /// `cri.runtime_stream_base`: the runtime's streaming address, for runtime URLs that lack a
+    /// scheme or host.
+    #[arg(long, value_name = "URL")]
+    runtime_stream_base: Option<String>,
+    /// `metrics.listen`: address of the admin listener (/metrics, /debug/sessions, /healthz,
+    /// /readyz) [default: 127.0.0.1:9765].
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+}
+
+impl ServeArgs {
+    fn flags(&self) -> Flags {
+        Flags {
+            listen: self.listen,
+            upstream: self.upstream.clone(),
+            base_path: self.base_path.clone(),
+            compat_upgrade_client_first: self.compat_upgrade_client_first,
+            compat_upstream_loss_is_success: self.compat_upstream_loss_is_success,
+            cri_listen: self.cri_listen.clone(),
+            runtime_endpoint: self.runtime_endpoint.clone(),
+            advertise_url: self.advertise_url.clone(),
+            runtime_stream_base: self.runtime_stream_base.clone(),
+            metrics_listen: self.metrics_listen,
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    rt.block_on(async {
-        match cli.command {
+    let command = match cli.command {
+        Command::CheckConfig { file } => return check_config(file),
+        // Logging is set up from the configuration, once it is loaded.
+        Command::Serve(args) => return block_on(serve_main(args)),
+        other => other,
+    };
+    init_tracing(&LogSection::default());
+    block_on(async {
+        match command {
             Command::Demo => demo().await,
-            Command::Serve {
-                listen,
-                upstream,
-                base_path,
-                compat_upgrade_client_first,
-                compat_upstream_loss_is_success,
-                cri_listen,
-                runtime_endpoint,
-                advertise_url,
-                runtime_stream_base,
-            } => {
-                let mut cfg = BridgeConfig {
-                    listen,
-                    base_path,
-                    compat_upgrade_client_first,
-                    ..BridgeConfig::default()
-                };
-                cfg.session.compat_upstream_loss_is_success = compat_upstream_loss_is_success;
-                match (cri_listen, runtime_endpoint, advertise_url) {
-                    (Some(listen), Some(endpoint), Some(advertise)) => {
-                        let mut cri = CriProxyConfig::new(
-                            unix_path(&listen),
-                            unix_path(&endpoint),
-                            advertise,
-                        );
-                        cri.runtime_stream_base = runtime_stream_base;
-                        serve_cri(cfg, cri).await
-                    }
-                    _ => serve(cfg, upstream).await,
-                }
-            }
+            Command::Serve(_) | Command::CheckConfig { .. } => unreachable!("handled above"),
             Command::WsExec { url, stdin } => ws_exec(&url, stdin).await,
             Command::SimExec {
                 runtime,
@@ -191,6 +203,222 @@ fn main() -> ExitCode {
     })
 }
 
+fn block_on<F: std::future::Future<Output = ExitCode>>(fut: F) -> ExitCode {
+    tokio::runtime::Runtime::new()
+        .expect("tokio runtime")
+        .block_on(fut)
+}
+
+/// Tracing on stderr, as `log` says; `RUST_LOG`, when set, wins over `log.level`.
+fn init_tracing(log: &LogSection) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Json => fmt.json().init(),
+        LogFormat::Text => fmt.init(),
+    }
+}
+
+fn print_errors(what: &str, errors: &ConfigErrors) {
+    let n = errors.0.len();
+    let plural = if n == 1 { "" } else { "s" };
+    eprintln!("{what}: invalid configuration ({n} error{plural}):");
+    for e in &errors.0 {
+        eprintln!("  {e}");
+    }
+}
+
+/// `check-config FILE`: the effective configuration, secrets masked, or every error.
+fn check_config(file: PathBuf) -> ExitCode {
+    let sources = Sources::from_process(Some(file), Flags::default());
+    let cfg = match Config::load(&sources) {
+        Ok(cfg) => cfg,
+        Err(errors) => {
+            print_errors("check-config", &errors);
+            return ExitCode::FAILURE;
+        }
+    };
+    let files = cfg.check_files();
+    if !files.is_empty() {
+        print_errors("check-config", &ConfigErrors(files));
+        return ExitCode::FAILURE;
+    }
+    print!("{}", cfg.to_masked_yaml());
+    ExitCode::SUCCESS
+}
+
+/// Resolves when the process is asked to stop: SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// `serve`: load the configuration (the built-in simulator stands in for a missing upstream
+/// when there is no file), set up logging, then [`serve`].
+async fn serve_main(args: ServeArgs) -> ExitCode {
+    let sources = Sources::from_process(args.config.clone(), args.flags());
+    let mut cfg = match Config::load_unvalidated(&sources) {
+        Ok(cfg) => cfg,
+        Err(errors) => {
+            print_errors("serve", &errors);
+            return ExitCode::FAILURE;
+        }
+    };
+    let sim = if args.config.is_none() && cfg.cri.is_none() && cfg.upstream.url.is_none() {
+        match RuntimeSim::start(SimConfig::default()).await {
+            Ok(sim) => {
+                cfg.upstream.url = Some(sim.base_url().parse().expect("simulator URL"));
+                Some(sim)
+            }
+            Err(e) => {
+                eprintln!("serve: cannot start the runtime simulator: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let cfg = match cfg.validated() {
+        Ok(cfg) => cfg,
+        Err(errors) => {
+            print_errors("serve", &errors);
+            return ExitCode::FAILURE;
+        }
+    };
+    init_tracing(&cfg.log);
+    let code = serve(&cfg, sim.as_ref()).await;
+    if let Some(sim) = sim {
+        sim.shutdown().await;
+    }
+    code
+}
+
+/// Starts the admin listener, the CRI interceptor (CRI mode) and the bridge, then drains on
+/// the first stop signal; a second one exits at once.
+async fn serve(cfg: &Config, sim: Option<&RuntimeSim>) -> ExitCode {
+    let mut bridge_cfg = match cfg.to_bridge_config() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("serve: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let metrics = Arc::new(Metrics::new());
+    bridge_cfg.metrics = Some(metrics.clone());
+    let cri = cfg.to_cri_config().map(|mut cri| {
+        cri.metrics = Some(metrics.clone());
+        cri
+    });
+    let ready = match &cri {
+        Some(cri) => ReadyCheck::cri(&cri.runtime_endpoint),
+        None => ReadyCheck::standalone(&bridge_cfg.upstream),
+    };
+    ready.expect_listener("streaming");
+    let admin = match serve_admin(cfg.metrics.clone(), metrics, ready.clone()).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("serve: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    // CRI interception: the bridge hands out its own streaming URLs and learns every
+    // session's options from the CRI request behind them.
+    let proxy = match cri {
+        Some(cri) => {
+            let store = Arc::new(cri.token_store());
+            bridge_cfg.tokens = Some(store.clone());
+            let listen = cri.listen.clone();
+            match ws_spdy_bridge::cri::serve(cri, store).await {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    eprintln!("serve: CRI socket {}: {e}", listen.display());
+                    admin.shutdown().await;
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        None => None,
+    };
+    let bridge = match Bridge::start(bridge_cfg).await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("serve: {e}");
+            if let Some(p) = proxy {
+                p.shutdown().await;
+            }
+            admin.shutdown().await;
+            return ExitCode::FAILURE;
+        }
+    };
+    ready.set_listener("streaming", true);
+    print_banner(&bridge, proxy.as_ref(), sim, admin.addr());
+
+    stop_signal().await;
+    // Not ready any more, so that endpoints drop this instance while its sessions drain.
+    ready.set_listener("streaming", false);
+    tracing::info!(deadline = ?cfg.drain.deadline, "stop signal: draining");
+    let drain = async {
+        let cri = async {
+            if let Some(p) = proxy {
+                p.shutdown().await;
+            }
+        };
+        tokio::join!(cri, bridge.drain(cfg.drain.deadline));
+    };
+    tokio::select! {
+        () = drain => tracing::info!("drained"),
+        () = stop_signal() => tracing::warn!("second stop signal: exiting without waiting"),
+    }
+    admin.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+/// What `serve` prints on stdout once it listens. A closed stdout does not stop the server.
+fn print_banner(
+    bridge: &Bridge,
+    proxy: Option<&ws_spdy_bridge::cri::CriProxy>,
+    sim: Option<&RuntimeSim>,
+    admin: SocketAddr,
+) {
+    use std::io::Write;
+    let addr = bridge.addr();
+    let mut lines = Vec::new();
+    if let Some(proxy) = proxy {
+        lines.push(format!(
+            "bridge on ws://{addr}; CRI on unix:{} (point the kubelet's --container-runtime-endpoint here)",
+            proxy.socket_path().display()
+        ));
+    } else if let Some(sim) = sim {
+        let base = sim.base_url();
+        lines.push(format!(
+            "bridge on ws://{addr} in front of the built-in runtime simulator ({base})"
+        ));
+        lines.push("try it:".into());
+        lines.push(format!(
+            "  ws-spdy-bridge sim-exec --runtime {base} --bridge {addr} -- sh -c 'echo hello; exit 3'"
+        ));
+        lines.push(format!(
+            "  echo typed | ws-spdy-bridge sim-exec --stdin --runtime {base} --bridge {addr} -- cat"
+        ));
+    } else {
+        lines.push(format!("bridge on ws://{addr}"));
+    }
+    lines.push(format!("admin (metrics, health) on http://{admin}"));
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = out.flush();
+}
+
 async fn runtime_sim(listen: SocketAddr, allow_non_loopback: bool) -> ExitCode {
     let cfg = SimConfig {
         listen,
@@ -212,56 +440,6 @@ async fn runtime_sim(listen: SocketAddr, allow_non_loopback: bool) -> ExitCode {
     println!("then run it:          ws-spdy-bridge spdy-exec <url>");
     let _ = tokio::signal::ctrl_c().await;
     sim.shutdown().await;
-    ExitCode::SUCCESS
-}
-
-async fn serve(mut cfg: BridgeConfig, upstream: Option<http::Uri>) -> ExitCode {
-    let sim = match upstream {
-        Some(u) => {
-            cfg.upstream = u;
-            None
-        }
-        None => match RuntimeSim::start(SimConfig::default()).await {
-            Ok(sim) => {
-                cfg.upstream = sim.base_url().parse().expect("simulator URL");
-                Some(sim)
-            }
-            Err(e) => {
-                eprintln!("serve: cannot start the runtime simulator: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-    };
-    let bridge = match Bridge::start(cfg).await {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("serve: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if let Some(sim) = &sim {
-        let base = sim.base_url();
-        println!(
-            "bridge on ws://{} in front of the built-in runtime simulator ({base})",
-            bridge.addr()
-        );
-        println!("try it:");
-        println!(
-            "  ws-spdy-bridge sim-exec --runtime {base} --bridge {} -- sh -c 'echo hello; exit 3'",
-            bridge.addr()
-        );
-        println!(
-            "  echo typed | ws-spdy-bridge sim-exec --stdin --runtime {base} --bridge {} -- cat",
-            bridge.addr()
-        );
-    } else {
-        println!("bridge on ws://{}", bridge.addr());
-    }
-    let _ = tokio::signal::ctrl_c().await;
-    bridge.shutdown().await;
-    if let Some(sim) = sim {
-        sim.shutdown().await;
-    }
     ExitCode::SUCCESS
 }
 
@@ -316,51 +494,6 @@ async fn cri_exec_token(runtime: &str, request: &ExecRequest) -> Result<String, 
         .as_str()
         .ok_or_else(|| format!("no url in {json}"))?;
     Ok(url.rsplit('/').next().unwrap_or_default().to_owned())
-}
-
-fn unix_path(endpoint: &str) -> std::path::PathBuf {
-    endpoint
-        .strip_prefix("unix://")
-        .or_else(|| endpoint.strip_prefix("unix:"))
-        .unwrap_or(endpoint)
-        .into()
-}
-
-/// CRI interception: the bridge hands out its own streaming URLs and learns every session's
-/// options from the CRI request behind them.
-async fn serve_cri(mut cfg: BridgeConfig, cri: CriProxyConfig) -> ExitCode {
-    if let Err(e) = cri.validate() {
-        eprintln!("serve: {e}");
-        return ExitCode::FAILURE;
-    }
-    let store = Arc::new(cri.token_store());
-    cfg.tokens = Some(store.clone());
-    cfg.base_path = cri.advertise_url.path().trim_end_matches('/').to_owned();
-    let listen = cri.listen.clone();
-    let proxy = match ws_spdy_bridge::cri::serve(cri, store).await {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("serve: CRI socket {}: {e}", listen.display());
-            return ExitCode::FAILURE;
-        }
-    };
-    let bridge = match Bridge::start(cfg).await {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("serve: {e}");
-            proxy.shutdown().await;
-            return ExitCode::FAILURE;
-        }
-    };
-    println!(
-        "bridge on ws://{}; CRI on unix:{} (point the kubelet's --container-runtime-endpoint here)",
-        bridge.addr(),
-        listen.display()
-    );
-    let _ = tokio::signal::ctrl_c().await;
-    proxy.shutdown().await;
-    bridge.shutdown().await;
-    ExitCode::SUCCESS
 }
 
 async fn ws_exec(url: &str, stdin: bool) -> ExitCode {

@@ -28,7 +28,10 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use crate::relay::{self, RelayConfig};
+use crate::metrics::{
+    Channel, CountingIo, Direction, Kind, Meter, Outcome, Protocol, RefusalReason, SessionGuard,
+};
+use crate::relay::{self, Ended, RelayConfig, RelayStats, Side};
 use crate::status::{REASON_INTERNAL_ERROR, Status};
 use crate::upstream::{
     self, SPDY_31, UpgradeRequest, Upgraded, UpstreamConfig, UpstreamError,
@@ -77,41 +80,110 @@ impl Default for PassthroughConfig {
 /// with hyper's `with_upgrades()`; a request hyper cannot upgrade is refused before the runtime
 /// is contacted, so its token stays unspent.
 pub async fn passthrough(
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     upstream_url: Uri,
     client_addr: Option<SocketAddr>,
     cfg: &PassthroughConfig,
 ) -> Response<Full<Bytes>> {
+    // Without metrics the kind is never recorded.
+    passthrough_metered(
+        req,
+        upstream_url,
+        client_addr,
+        cfg,
+        &Meter::default(),
+        Kind::Exec,
+    )
+    .await
+}
+
+/// [`passthrough`], accounted for: refusals before the runtime is asked count under `meter`;
+/// from then on the session counts as `kind` with protocol `passthrough_websocket` or
+/// `passthrough_spdy`, and its bytes are the upgraded connection's, framing included
+/// (channel `tunnel`).
+pub async fn passthrough_metered(
+    req: Request<Incoming>,
+    upstream_url: Uri,
+    client_addr: Option<SocketAddr>,
+    cfg: &PassthroughConfig,
+    meter: &Meter,
+    kind: Kind,
+) -> Response<Full<Bytes>> {
+    let (response, relay) =
+        passthrough_session(req, upstream_url, client_addr, cfg, meter, kind).await;
+    if let Some(relay) = relay {
+        tokio::spawn(relay);
+    }
+    response
+}
+
+/// A pass-through's relay, to be run (and owned) by the caller.
+pub type RelayTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// [`passthrough_metered`], with the relay handed back instead of spawned, so that the caller
+/// can track it (the server's session set: its limit and its drain).
+pub async fn passthrough_session(
+    mut req: Request<Incoming>,
+    upstream_url: Uri,
+    client_addr: Option<SocketAddr>,
+    cfg: &PassthroughConfig,
+    meter: &Meter,
+    kind: Kind,
+) -> (Response<Full<Bytes>>, Option<RelayTask>) {
     let request = match upstream_request(&req, client_addr) {
         Ok(request) => request,
-        Err(message) => return status_response(StatusCode::BAD_REQUEST, "BadRequest", message),
+        Err(message) => {
+            meter.refused(RefusalReason::NotUpgradable);
+            let response = status_response(StatusCode::BAD_REQUEST, "BadRequest", message);
+            return (response, None);
+        }
     };
     // Taken before the runtime is asked: without it the client could never be switched over.
     let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
-        return status_response(
+        meter.refused(RefusalReason::NotUpgradable);
+        let response = status_response(
             StatusCode::BAD_REQUEST,
             "BadRequest",
             "unable to upgrade: this connection cannot switch protocols (HTTP/1.1 required)",
         );
+        return (response, None);
     };
     drop(req);
 
     let target = redacted(&upstream_url);
+    let protocol = if request.upgrade == WEBSOCKET {
+        Protocol::PassthroughWebSocket
+    } else {
+        Protocol::PassthroughSpdy
+    };
+    let mut guard = meter.start(kind, protocol);
+    let asked = tokio::time::Instant::now();
     let upgraded = match upstream::upgrade(&upstream_url, &request, &cfg.upstream).await {
         Ok(upgraded) => upgraded,
         Err(e) => {
             tracing::debug!(upstream = %target, error = %e, kind = e.kind(), "pass-through refused");
-            return error_response(e);
+            guard.set_outcome(match e.fault() {
+                upstream::Fault::Upstream => Outcome::UpstreamError,
+                upstream::Fault::Proxy => Outcome::InternalError,
+            });
+            return (error_response(e), None);
         }
     };
+    guard.upgraded(asked.elapsed());
     let response = switching_protocols(&upgraded.headers);
-    tokio::spawn(relay_session(
-        on_upgrade,
-        upgraded,
-        cfg.relay.clone(),
-        target,
-    ));
-    response
+    let relay = relay_session(on_upgrade, upgraded, cfg.relay.clone(), target, guard);
+    (response, Some(Box::pin(relay)))
+}
+
+/// The outcome of a relay: both FINs passed on (or one, with the other side silent past the
+/// half-close timeout) is `success` (the bridge cannot see inside a pass-through to tell an
+/// exit code); a failure names the side that failed; an idle relay counts as `client_gone`.
+fn relay_outcome(stats: &RelayStats) -> Outcome {
+    match stats.ended {
+        Ended::Closed | Ended::HalfCloseTimeout => Outcome::Success,
+        Ended::Error { side: Side::A, .. } | Ended::IdleTimeout => Outcome::ClientGone,
+        Ended::Error { side: Side::B, .. } => Outcome::UpstreamError,
+    }
 }
 
 /// Waits for hyper to hand over the client connection, then relays until either side ends.
@@ -120,6 +192,7 @@ async fn relay_session(
     upgraded: Upgraded,
     cfg: RelayConfig,
     target: String,
+    mut guard: SessionGuard,
 ) {
     let client = match on_upgrade.await {
         Ok(client) => TokioIo::new(client),
@@ -127,10 +200,17 @@ async fn relay_session(
             // The client went away before the 101 was written; dropping `upgraded` closes the
             // runtime's connection.
             tracing::debug!(upstream = %target, error = %e, "client connection not upgraded");
+            guard.set_outcome(Outcome::ClientGone);
             return;
         }
     };
-    let stats = relay::splice_with_prefix(client, upgraded.io, upgraded.leftover, &cfg).await;
+    let to_client = guard.bytes(Channel::Tunnel, Direction::RuntimeToClient);
+    let to_runtime = guard.bytes(Channel::Tunnel, Direction::ClientToRuntime);
+    // The runtime's early bytes reach the client first, outside the counted connection.
+    to_client.add(upgraded.leftover.len() as u64);
+    let runtime = CountingIo::new(upgraded.io, to_client, to_runtime);
+    let stats = relay::splice_with_prefix(client, runtime, upgraded.leftover, &cfg).await;
+    guard.set_outcome(relay_outcome(&stats));
     tracing::debug!(
         upstream = %target,
         client_to_runtime = stats.a_to_b,

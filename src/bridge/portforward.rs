@@ -36,10 +36,15 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::channel::subprotocol::{self, PORT_FORWARD, TUNNEL_PREFIX};
+use crate::metrics::{
+    self, Channel, CountingIo, Direction, Meter, Outcome, Protocol, RefusalReason, SessionGuard,
+};
 use crate::status::{REASON_INTERNAL_ERROR, Status};
 use crate::upstream::{self, UpgradeRequest, UpstreamConfig, UpstreamError, UpstreamIo};
 
-pub use channel::{ChannelConfig, ChannelEnd, ChannelStats, Codec, PortStats, PortsError};
+pub use channel::{
+    ChannelConfig, ChannelEnd, ChannelStats, Codec, DataBytes, PortStats, PortsError,
+};
 pub use tunnel::{TunnelConfig, TunnelEnd, TunnelStats};
 
 /// The API server's answer when no tunnelling sub-protocol is offered (C-74); the bridge gives
@@ -109,6 +114,8 @@ pub struct Session {
     work: Work,
     /// The runtime URL with the token redacted, for logs.
     target: String,
+    /// Accounts for the session; its outcome is set from the [`SessionReport`].
+    guard: SessionGuard,
 }
 
 enum Work {
@@ -148,6 +155,36 @@ pub enum SessionReport {
     ClientNotUpgraded,
 }
 
+impl SessionReport {
+    /// The metric outcome.
+    ///
+    /// Tunnel: the client's Close is the normal end (`success`); EOF without one is
+    /// `client_gone`; a text or oversized message `client_error`; the runtime ending or
+    /// failing a tunnel the client still used is `upstream_error`. Channel mode: every port
+    /// done is `success` unless a forward failed (`upstream_error`, the runtime's error text
+    /// went to the client); the client leaving is the normal end of a channel-mode session
+    /// and counts as `success` (the mode does not tell a Close frame from a vanished client).
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            SessionReport::Tunnel(s) => match s.end {
+                TunnelEnd::ClientClosed => Outcome::Success,
+                TunnelEnd::ClientGone => Outcome::ClientGone,
+                TunnelEnd::ClientProtocolError | TunnelEnd::ClientMessageTooBig => {
+                    Outcome::ClientError
+                }
+                TunnelEnd::UpstreamClosed | TunnelEnd::UpstreamFailed(_) => Outcome::UpstreamError,
+            },
+            SessionReport::Channel(s) => match s.end {
+                ChannelEnd::PortsDone if s.ports.iter().any(|p| p.error.is_some()) => {
+                    Outcome::UpstreamError
+                }
+                ChannelEnd::PortsDone | ChannelEnd::ClientGone => Outcome::Success,
+            },
+            SessionReport::ClientNotUpgraded => Outcome::ClientGone,
+        }
+    }
+}
+
 impl Session {
     /// Waits for hyper to hand over the client connection, then runs the session until both
     /// sides are closed.
@@ -158,22 +195,25 @@ impl Session {
             leftover,
             work,
             target,
+            mut guard,
         } = self;
         let client = match on_upgrade.await {
             Ok(client) => TokioIo::new(client),
             Err(e) => {
                 tracing::debug!(upstream = %target, error = %e, "client connection not upgraded");
+                guard.set_outcome(Outcome::ClientGone);
                 return SessionReport::ClientNotUpgraded;
             }
         };
         let report = match work {
             Work::Tunnel(cfg) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    client,
-                    Role::Server,
-                    Some(cfg.websocket_config()),
-                )
-                .await;
+                let ws = tunnel::accept(client, &cfg).await;
+                // Counted on the runtime's connection: what the tunnel wrote to it and read
+                // from it; the early bytes go to the client first, outside it.
+                let to_client = guard.bytes(Channel::Tunnel, Direction::RuntimeToClient);
+                let to_runtime = guard.bytes(Channel::Tunnel, Direction::ClientToRuntime);
+                to_client.add(leftover.len() as u64);
+                let io = CountingIo::new(io, to_client, to_runtime);
                 SessionReport::Tunnel(tunnel::run(ws, io, leftover, &cfg).await)
             }
             Work::Channel(work) => {
@@ -184,9 +224,15 @@ impl Session {
                     ws,
                 } = *work;
                 let ws = WebSocketStream::from_raw_socket(client, Role::Server, Some(ws)).await;
-                SessionReport::Channel(channel::run(ws, io, leftover, ports, codec, &cfg).await)
+                let bytes = DataBytes {
+                    client_to_runtime: guard.bytes(Channel::Data, Direction::ClientToRuntime),
+                    runtime_to_client: guard.bytes(Channel::Data, Direction::RuntimeToClient),
+                };
+                let stats = channel::run(ws, io, leftover, ports, codec, &cfg, &bytes).await;
+                SessionReport::Channel(stats)
             }
         };
+        guard.set_outcome(report.outcome());
         match &report {
             SessionReport::Tunnel(s) => tracing::info!(
                 upstream = %target,
@@ -217,17 +263,26 @@ impl Session {
 /// and the [`Session`] to run after it, or an error response (and no session).
 ///
 /// The connection serving `req` must have been set up with hyper's `with_upgrades()`.
+///
+/// Refusals before the runtime is asked count under `meter` as handshake refusals; from the
+/// upgrade on, the session is accounted for (kind `portforward`, protocol `tunnel` or
+/// `channel`) until the [`Session`] ends.
 pub async fn serve(
     mut req: Request<Incoming>,
     upstream_url: Uri,
     cfg: &PortForwardConfig,
+    meter: &Meter,
 ) -> (Response<Full<Bytes>>, Option<Session>) {
     let key = match check_handshake(&req) {
         Ok(key) => key,
-        Err(refusal) => return (refusal.response(), None),
+        Err(refusal) => {
+            meter.refused(refusal.reason());
+            return (refusal.response(), None);
+        }
     };
     let offered = subprotocol::offered(req.headers());
     let Some(mode) = choose_mode(&offered, cfg.channel_mode) else {
+        meter.refused(RefusalReason::UnsupportedProtocol);
         return (
             status_response(StatusCode::BAD_REQUEST, "BadRequest", NO_TUNNEL_PROTOCOLS),
             None,
@@ -239,6 +294,7 @@ pub async fn serve(
             match channel::ports_from_query(req.uri().query(), cfg.channel.max_ports) {
                 Ok(ports) => ports,
                 Err(e) => {
+                    meter.refused(RefusalReason::Ports);
                     return (
                         status_response(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
                         None,
@@ -249,6 +305,7 @@ pub async fn serve(
     };
     // Taken before the runtime is asked: without it the client could never be switched over.
     let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
+        meter.refused(RefusalReason::NotUpgradable);
         return (
             status_response(
                 StatusCode::BAD_REQUEST,
@@ -265,13 +322,24 @@ pub async fn serve(
         Mode::Tunnel(protocols) => UpgradeRequest::spdy(protocols),
         Mode::Channel(..) => UpgradeRequest::spdy(&[PORT_FORWARD]),
     };
+    let protocol = match &mode {
+        Mode::Tunnel(_) => Protocol::Tunnel,
+        Mode::Channel(..) => Protocol::Channel,
+    };
+    let mut guard = meter.start(metrics::Kind::PortForward, protocol);
+    let asked = tokio::time::Instant::now();
     let upgraded = match upstream::upgrade(&upstream_url, &request, &cfg.upstream).await {
         Ok(upgraded) => upgraded,
         Err(e) => {
             tracing::info!(upstream = %target, error = %e, kind = e.kind(), "runtime refused the port-forward upgrade");
+            guard.set_outcome(match e.fault() {
+                upstream::Fault::Upstream => Outcome::UpstreamError,
+                upstream::Fault::Proxy => Outcome::InternalError,
+            });
             return (refusal_response(e), None);
         }
     };
+    guard.upgraded(asked.elapsed());
     // Only the connection and its early bytes are kept: the response head's buffer is freed
     // (an idle tunnel should hold as little as possible).
     let io = upgraded.io;
@@ -296,6 +364,7 @@ pub async fn serve(
         }
         Mode::Channel(codec, protocol) => {
             if chosen.as_deref() != Some(PORT_FORWARD) {
+                guard.set_outcome(Outcome::UpstreamError);
                 return (
                     status_response(
                         StatusCode::BAD_GATEWAY,
@@ -336,6 +405,7 @@ pub async fn serve(
         leftover,
         work,
         target,
+        guard,
     };
     (response, Some(session))
 }
@@ -350,6 +420,15 @@ enum BadHandshake {
 }
 
 impl BadHandshake {
+    fn reason(self) -> RefusalReason {
+        match self {
+            BadHandshake::NotGet => RefusalReason::Method,
+            BadHandshake::NotWebSocket => RefusalReason::NotAnUpgrade,
+            BadHandshake::Version => RefusalReason::WebSocketVersion,
+            BadHandshake::NoKey => RefusalReason::MissingKey,
+        }
+    }
+
     fn response(self) -> Response<Full<Bytes>> {
         let (code, reason, message) = match self {
             BadHandshake::NotGet => (

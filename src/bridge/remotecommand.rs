@@ -29,12 +29,14 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_util::sync::CancellationToken;
 
 use crate::channel::frame::{self, Inbound};
 use crate::channel::outcome::{Outcome, Protocol, client_status, status_message};
 use crate::channel::resize::ResizeDecoder;
 use crate::connection::{StreamEnd, StreamReader, StreamWriter};
-use crate::status::Status;
+use crate::metrics::{self, ByteCounter, CloseSignal, CloseSignals, Direction, SessionGuard};
+use crate::status::{STATUS_SUCCESS, Status};
 use crate::upstream::remotecommand::{DEFAULT_ERROR_STREAM_CAP, RemoteCommand, StreamOptions};
 
 /// How a translated session behaves. Defaults mirror the API server's translator.
@@ -84,6 +86,83 @@ pub enum SessionEnd {
     ClientProtocolError,
     /// No data either way for the idle timeout.
     Idle,
+    /// The bridge drained and the deadline came first: Close 1001 sent, upstream torn down.
+    Drained,
+}
+
+impl SessionEnd {
+    /// The metric outcome: a delivered Success is `success`, an exit code `exit_nonzero`, any
+    /// other delivered status (the runtime's failure, a runtime that could not be reached in
+    /// the API-server order, or one that vanished) `upstream_error`; an idle session counts as
+    /// `client_gone` (the client stopped using it).
+    pub fn outcome(&self) -> metrics::Outcome {
+        match self {
+            SessionEnd::Completed {
+                exit_code: Some(_), ..
+            } => metrics::Outcome::ExitNonzero,
+            SessionEnd::Completed { status, .. } if status.status == STATUS_SUCCESS => {
+                metrics::Outcome::Success
+            }
+            SessionEnd::Completed { .. } => metrics::Outcome::UpstreamError,
+            SessionEnd::ClientGone | SessionEnd::Idle => metrics::Outcome::ClientGone,
+            SessionEnd::ClientProtocolError => metrics::Outcome::ClientError,
+            // Ended by the bridge (its shutdown), not by the command, the client or the runtime.
+            SessionEnd::Drained => metrics::Outcome::InternalError,
+        }
+    }
+
+    /// The remote command's exit code when it exited non-zero.
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            SessionEnd::Completed { exit_code, .. } => exit_code.map(i32::from),
+            _ => None,
+        }
+    }
+}
+
+/// A session's counters, resolved once when it starts (no label lookups per message).
+#[derive(Clone, Debug, Default)]
+struct Meters {
+    stdin: ByteCounter,
+    stdout: ByteCounter,
+    stderr: ByteCounter,
+    error: ByteCounter,
+    resize: ByteCounter,
+    close: CloseSignals,
+}
+
+impl Meters {
+    fn new(guard: &SessionGuard, opts: StreamOptions) -> Meters {
+        use metrics::Channel;
+        let (to_runtime, to_client) = (Direction::ClientToRuntime, Direction::RuntimeToClient);
+        let when = |on: bool, c, d| {
+            if on {
+                guard.bytes(c, d)
+            } else {
+                ByteCounter::default()
+            }
+        };
+        Meters {
+            stdin: when(opts.stdin, Channel::Stdin, to_runtime),
+            stdout: when(opts.stdout, Channel::Stdout, to_client),
+            stderr: when(opts.stderr && !opts.tty, Channel::Stderr, to_client),
+            error: guard.bytes(Channel::Error, to_client),
+            resize: when(opts.tty, Channel::Resize, to_runtime),
+            close: guard.close_signals(),
+        }
+    }
+
+    /// Counts a message written to the client: its payload, on the channel its first byte
+    /// names.
+    fn sent(&self, message_head: Option<u8>, message_len: usize) {
+        let counter = match message_head {
+            Some(frame::STDOUT) => &self.stdout,
+            Some(frame::STDERR) => &self.stderr,
+            Some(frame::ERROR) => &self.error,
+            _ => return,
+        };
+        counter.add(message_len.saturating_sub(1) as u64);
+    }
 }
 
 /// What the reader tells the session.
@@ -102,11 +181,20 @@ enum ReaderEnd {
 /// The initial message goes out and the client reader starts before the dial (§5.2, §13.3):
 /// the client learns at once that the connection is live, its pings are answered and its
 /// stdin is queued (C-20) while the runtime is slow to answer.
+///
+/// Bytes and CLOSE signals are counted into `meter`'s session; the caller records the
+/// outcome ([`SessionEnd::outcome`]) on it.
+///
+/// `going_away` is the bridge's drain deadline: once cancelled, a session that has not
+/// finished sends a Failure status (ServiceUnavailable) and WebSocket Close 1001, tears its
+/// upstream down and ends as [`SessionEnd::Drained`].
 pub async fn run<S, U>(
     ws: WebSocketStream<S>,
     upstream: U,
     opts: StreamOptions,
     cfg: &SessionConfig,
+    meter: &SessionGuard,
+    going_away: &CancellationToken,
 ) -> SessionEnd
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -114,6 +202,7 @@ where
 {
     let (mut sink, stream) = ws.split();
     let activity = Arc::new(Activity::new());
+    let meters = Meters::new(meter, opts);
     let initial = frame::initial_message(opts.stdout, opts.stderr && !opts.tty);
     if sink.send(Message::Binary(initial)).await.is_err() {
         // An established upstream closes itself once its handle and streams are dropped.
@@ -133,21 +222,31 @@ where
             resize: opts.tty.then_some(resize_tx),
             tty: opts.tty,
             activity: activity.clone(),
+            meters: meters.clone(),
         },
     ));
 
+    // Made once: the output loop below must not re-register a waiter per message.
+    let going_away = going_away.cancelled();
+    tokio::pin!(going_away);
     let dialled = {
         tokio::pin!(upstream);
         tokio::select! {
             u = &mut upstream => Ok(u),
             r = &mut reader => Err(r.unwrap_or(ReaderEnd::Gone)),
+            // The dial is dropped with `upstream`, which closes whatever it had opened.
+            () = &mut going_away => {
+                reader.abort();
+                say_going_away(&mut sink, cfg, &meters).await;
+                return SessionEnd::Drained;
+            }
         }
     };
     let mut rc = match dialled {
         Ok(Ok(rc)) => rc,
         Ok(Err(status)) => {
             reader.abort();
-            let end = finish(&mut sink, Some(status.clone()), cfg).await;
+            let end = finish(&mut sink, Some(status.clone()), cfg, &meters).await;
             return end.unwrap_or(SessionEnd::Completed {
                 exit_code: None,
                 status: Box::new(status),
@@ -161,7 +260,7 @@ where
             return SessionEnd::ClientGone;
         }
         Err(ReaderEnd::ProtocolError) => {
-            let _ = finish(&mut sink, None, cfg).await;
+            let _ = finish(&mut sink, None, cfg, &meters).await;
             return SessionEnd::ClientProtocolError;
         }
     };
@@ -169,7 +268,7 @@ where
     let stdin_pump = rc
         .stdin
         .take()
-        .map(|w| spawn(pump_stdin(w, stdin_rx, stdin_budget)));
+        .map(|w| spawn(pump_stdin(w, stdin_rx, stdin_budget, meters.stdin.clone())));
     // Without a resize stream (no tty, or v1/v2) the receiver is dropped, and the reader stops
     // decoding resizes at the first one.
     let _resize_pump = rc.resize.take().map(|mut w| {
@@ -226,10 +325,12 @@ where
         tokio::select! {
             msg = out_rx.recv(), if !output_done => match msg {
                 Some(m) => {
+                    let (head, len) = (m.first().copied(), m.len());
                     if sink.send(Message::Binary(m)).await.is_err() {
                         client_gone = Some(ReaderEnd::Gone);
                         break;
                     }
+                    meters.sent(head, len);
                 }
                 None => output_done = true,
             },
@@ -240,11 +341,17 @@ where
             }
             _ = idle_check.tick() => {
                 if activity.idle_for() >= cfg.idle_timeout {
-                    let _ = finish(&mut sink, None, cfg).await;
+                    let _ = finish(&mut sink, None, cfg, &meters).await;
                     reader.abort();
                     teardown(outcome, outcome_fut, stdin_pump).await;
                     return SessionEnd::Idle;
                 }
+            }
+            () = &mut going_away => {
+                reader.abort();
+                say_going_away(&mut sink, cfg, &meters).await;
+                teardown(outcome, outcome_fut, stdin_pump).await;
+                return SessionEnd::Drained;
             }
         }
     }
@@ -256,7 +363,7 @@ where
         drop(out_rx);
         match why {
             ReaderEnd::ProtocolError => {
-                let _ = finish(&mut sink, None, cfg).await;
+                let _ = finish(&mut sink, None, cfg, &meters).await;
             }
             ReaderEnd::Closed => answer_close(&mut sink, cfg).await,
             ReaderEnd::Gone => {}
@@ -299,7 +406,7 @@ where
         client_status(&outcome, protocol)
     };
     let exit_code = status.exit_code();
-    let end = finish(&mut sink, Some(status.clone()), cfg).await;
+    let end = finish(&mut sink, Some(status.clone()), cfg, &meters).await;
     reader.abort();
     if let Some(p) = stdin_pump {
         p.abort();
@@ -332,15 +439,21 @@ impl UpstreamEnd {
 
 /// Writes the status (if any), then Close 1000 with an empty reason, within the status write
 /// deadline. `Some(ClientGone)` when the client could not be written to.
-async fn finish<K>(sink: &mut K, status: Option<Status>, cfg: &SessionConfig) -> Option<SessionEnd>
+async fn finish<K>(
+    sink: &mut K,
+    status: Option<Status>,
+    cfg: &SessionConfig,
+    meters: &Meters,
+) -> Option<SessionEnd>
 where
     K: futures_util::Sink<Message> + Unpin,
 {
     let write = async {
         if let Some(status) = status {
-            sink.send(Message::Binary(status_message(&status)))
-                .await
-                .ok()?;
+            let message = status_message(&status);
+            let (head, len) = (message.first().copied(), message.len());
+            sink.send(Message::Binary(message)).await.ok()?;
+            meters.sent(head, len);
         }
         let close = CloseFrame {
             code: CloseCode::Normal,
@@ -355,6 +468,34 @@ where
         Ok(Some(())) => None,
         _ => Some(SessionEnd::ClientGone),
     }
+}
+
+/// The bridge is shutting down: a Failure status, then Close 1001 (going away). The status
+/// matters: client-go reads a connection that closes without one as the command's success.
+async fn say_going_away<K>(sink: &mut K, cfg: &SessionConfig, meters: &Meters)
+where
+    K: futures_util::Sink<Message> + Unpin,
+{
+    const WHY: &str = "the streaming bridge is shutting down; the command was cut off";
+    let status = Status {
+        status: crate::status::STATUS_FAILURE.into(),
+        message: WHY.into(),
+        reason: "ServiceUnavailable".into(),
+        code: 503,
+        ..Status::default()
+    };
+    let write = async {
+        let message = status_message(&status);
+        let (head, len) = (message.first().copied(), message.len());
+        sink.send(Message::Binary(message)).await.ok()?;
+        meters.sent(head, len);
+        let close = CloseFrame {
+            code: CloseCode::Away,
+            reason: "shutting down".into(),
+        };
+        sink.send(Message::Close(Some(close))).await.ok()
+    };
+    let _ = tokio::time::timeout(cfg.status_write_timeout, write).await;
 }
 
 /// Sends the Close frame tungstenite queued in answer to the client's (it goes out only with
@@ -390,6 +531,7 @@ struct ReaderCtx {
     resize: Option<mpsc::Sender<Bytes>>,
     tty: bool,
     activity: Arc<Activity>,
+    meters: Meters,
 }
 
 /// Reads the client: stdin into the bounded queue, resizes re-encoded, CLOSE signals, and
@@ -428,12 +570,16 @@ where
                     ctx.stdin = None;
                 }
             }
-            Inbound::CloseStdin => ctx.stdin = None,
+            Inbound::CloseStdin => {
+                ctx.meters.close.record(CloseSignal::Stdin);
+                ctx.stdin = None;
+            }
             Inbound::Resize(bytes) => {
                 ctx.activity.touch();
                 if !resize_open {
                     continue;
                 }
+                ctx.meters.resize.add(bytes.len() as u64);
                 match resize.push(&bytes) {
                     Ok(sizes) => {
                         for size in sizes {
@@ -451,11 +597,18 @@ where
                     Err(_) => resize_open = false,
                 }
             }
-            Inbound::CloseResize => resize_open = false,
+            Inbound::CloseResize => {
+                ctx.meters.close.record(CloseSignal::Resize);
+                resize_open = false;
+            }
             Inbound::MalformedClose { .. } | Inbound::CloseInvalidChannel(_) => {
+                ctx.meters.close.record(CloseSignal::Invalid);
                 return ReaderEnd::ProtocolError;
             }
-            Inbound::CloseOther(_) | Inbound::Ignored(_) | Inbound::Empty => {}
+            Inbound::CloseOther(channel) => {
+                ctx.meters.close.record(CloseSignal::for_channel(channel));
+            }
+            Inbound::Ignored(_) | Inbound::Empty => {}
         }
     }
     ReaderEnd::Gone
@@ -466,13 +619,16 @@ async fn pump_stdin(
     mut writer: StreamWriter,
     mut rx: mpsc::UnboundedReceiver<(Bytes, u32)>,
     budget: Arc<Semaphore>,
+    counted: ByteCounter,
 ) {
     while let Some((bytes, n)) = rx.recv().await {
+        let len = bytes.len() as u64;
         let ok = writer.send(bytes).await.is_ok();
         budget.add_permits(n as usize);
         if !ok {
             return;
         }
+        counted.add(len);
     }
     let _ = writer.finish().await;
 }

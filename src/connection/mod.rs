@@ -515,7 +515,13 @@ impl Driver {
                 return Some(exit);
             }
         }
-        if self.rbuf.is_empty() && self.rbuf.capacity() > MAX_READ {
+        if self.rbuf.is_empty() {
+            // Everything read was handed on: let go of the allocation. Frames split off its
+            // front may still hold it, and once they are gone `reserve` would reuse it, so a
+            // connection that carried bulk data and then went idle would keep its last
+            // MAX_READ buffer for good (`capacity()` cannot show that). The next read takes a
+            // fresh buffer of the size it needs; under load that allocation happens anyway,
+            // because the delivered frames still share the old one.
             self.rbuf = BytesMut::new();
         }
         None

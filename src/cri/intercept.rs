@@ -65,6 +65,7 @@ use super::proto::{
     PortForwardResponse,
 };
 use super::urls::{self, UrlError};
+use crate::metrics::Metrics;
 use crate::tokens::{self, InsertError, Session, SessionKind, TokenStore, redact_url};
 use crate::upstream::remotecommand::StreamOptions;
 
@@ -93,6 +94,8 @@ pub struct CriProxyConfig {
     pub connect_timeout: Duration,
     /// How long [`CriProxy::shutdown`] lets in-flight calls finish. Default 5 s.
     pub shutdown_grace: Duration,
+    /// Where forwarded calls are counted (`ws_spdy_bridge_cri_calls_total`). Default none.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl CriProxyConfig {
@@ -122,6 +125,7 @@ impl CriProxyConfig {
             max_tokens: tokens::DEFAULT_MAX_TOKENS,
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             shutdown_grace: Self::DEFAULT_SHUTDOWN_GRACE,
+            metrics: None,
         }
     }
 
@@ -431,7 +435,11 @@ impl Upstream {
 
 async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<ProxyBody> {
     let method = req.uri().path().to_owned();
-    let result = match intercepted(&method) {
+    let kind = intercepted(&method);
+    if let Some(m) = &conn.shared.cfg.metrics {
+        m.cri_call(&method, kind.is_some());
+    }
+    let result = match kind {
         Some(kind) => intercept(conn, kind, req).await,
         None => forward(conn, req).await,
     };

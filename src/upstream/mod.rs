@@ -42,7 +42,9 @@ pub use request::{
     X_STREAM_PROTOCOL_VERSION,
 };
 pub use response::RefusalBody;
-pub use tls::{ALPN_HTTP_1_1, TlsConfigError, tls_client_config};
+pub use tls::{
+    ALPN_HTTP_1_1, TlsConfigError, UpstreamTlsConfig, UpstreamTlsError, tls_client_config,
+};
 
 use response::{BodyFraming, ChunkedDecoder};
 

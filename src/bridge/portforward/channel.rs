@@ -35,6 +35,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::channel::subprotocol;
 use crate::connection::{self, ConnectionConfig, Handle, StreamReader};
+use crate::metrics::ByteCounter;
 use crate::spdy::{HeaderBlock, RstStatus};
 use crate::upstream::UpstreamIo;
 
@@ -302,6 +303,16 @@ pub struct ChannelStats {
     pub end: ChannelEnd,
 }
 
+/// Where a session counts its ports' data bytes (all ports together). The default counts
+/// nothing.
+#[derive(Clone, Debug, Default)]
+pub struct DataBytes {
+    /// Client bytes written to the runtime's data streams.
+    pub client_to_runtime: ByteCounter,
+    /// Data-stream bytes sent to the client.
+    pub runtime_to_client: ByteCounter,
+}
+
 /// Runs a channel-mode session: `ws` is the client (server role, 101 already sent with the
 /// sub-protocol of `codec`), `io` and `leftover` the runtime connection upgraded to SPDY
 /// `portforward.k8s.io`, `ports` the ports to forward (at most [`DEFAULT_MAX_PORTS`]).
@@ -312,6 +323,7 @@ pub async fn run<S>(
     ports: Vec<u16>,
     codec: Codec,
     cfg: &ChannelConfig,
+    bytes: &DataBytes,
 ) -> ChannelStats
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -337,7 +349,15 @@ where
     for (i, &port) in ports.iter().enumerate() {
         let (tx, rx) = mpsc::channel::<Bytes>(PORT_QUEUE);
         inputs.push(tx);
-        forwards.push(forward(i, port, &handle, out_tx.clone(), rx, codec, cfg));
+        forwards.push(forward(
+            i,
+            port,
+            &handle,
+            out_tx.clone(),
+            rx,
+            (codec, bytes),
+            cfg,
+        ));
     }
     drop(out_tx);
 
@@ -446,7 +466,7 @@ async fn forward(
     handle: &Handle,
     out: mpsc::Sender<Message>,
     mut input: mpsc::Receiver<Bytes>,
-    codec: Codec,
+    (codec, bytes): (Codec, &DataBytes),
     cfg: &ChannelConfig,
 ) -> PortStats {
     let data_ch = data_channel(index);
@@ -496,23 +516,25 @@ async fn forward(
     let (relay_done, relay_done_rx) = oneshot::channel::<()>();
     let relay = async {
         let to_runtime = async {
-            while let Some(bytes) = input.recv().await {
-                let len = bytes.len() as u64;
-                if data_writer.send(bytes).await.is_err() {
+            while let Some(piece) = input.recv().await {
+                let len = piece.len() as u64;
+                if data_writer.send(piece).await.is_err() {
                     break;
                 }
                 stats.client_to_runtime += len;
+                bytes.client_to_runtime.add(len);
             }
             // The client cannot end one port's direction in this protocol: only the runtime
             // ends a forward, so this side just waits.
             std::future::pending::<()>().await;
         };
         let to_client = async {
-            while let Some(bytes) = data_reader.recv().await {
-                stats.runtime_to_client += bytes.len() as u64;
-                if out.send(encode(codec, data_ch, &bytes)).await.is_err() {
+            while let Some(piece) = data_reader.recv().await {
+                stats.runtime_to_client += piece.len() as u64;
+                if out.send(encode(codec, data_ch, &piece)).await.is_err() {
                     break;
                 }
+                bytes.runtime_to_client.add(piece.len() as u64);
             }
         };
         tokio::select! {

@@ -42,6 +42,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 /// Default [`TunnelConfig::read_buffer_size`]: 4 KiB.
 pub const DEFAULT_READ_BUFFER_SIZE: usize = 4 * 1024;
+/// Default [`TunnelConfig::read_ahead`]: 64 KiB.
+pub const DEFAULT_READ_AHEAD: usize = 64 * 1024;
 /// Default [`TunnelConfig::max_upstream_read`]: 32 KiB, the API server's copy buffer.
 pub const DEFAULT_MAX_UPSTREAM_READ: usize = 32 * 1024;
 /// Default [`TunnelConfig::min_upstream_read`]: 1 KiB.
@@ -60,10 +62,16 @@ const MAX_PIECES: usize = 64;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TunnelConfig {
     /// tungstenite's read buffer for the client connection, in bytes: allocated when the
-    /// tunnel starts and the most read from the client socket per read call. Small keeps idle
-    /// tunnels cheap; larger saves read calls on bulk uploads. Default
-    /// [`DEFAULT_READ_BUFFER_SIZE`] (4 KiB).
+    /// tunnel starts, held for its life, and the most tungstenite asks for per read. Small
+    /// keeps idle tunnels cheap; [`read_ahead`](Self::read_ahead) makes up for it on bulk
+    /// uploads. Default [`DEFAULT_READ_BUFFER_SIZE`] (4 KiB).
     pub read_buffer_size: usize,
+    /// Read-ahead for bulk uploads, in bytes: once reads from the client come back full, the
+    /// client socket is read this much at a time and tungstenite served from memory, so an
+    /// upload costs one read call per this many bytes instead of one per read buffer. The
+    /// buffer exists only while data is waiting; 0 turns read-ahead off. Default
+    /// [`DEFAULT_READ_AHEAD`] (64 KiB).
+    pub read_ahead: usize,
     /// Largest client message (and frame) accepted, in bytes; a larger one ends the tunnel
     /// (Close 1009). kubectl's are at most a SPDY frame's payload (32 KiB). Default
     /// [`DEFAULT_MAX_MESSAGE`] (32 MiB, the bridge-wide cap).
@@ -71,8 +79,8 @@ pub struct TunnelConfig {
     /// Largest read from the runtime, hence the largest message sent to the client, in bytes.
     /// Default [`DEFAULT_MAX_UPSTREAM_READ`] (32 KiB).
     pub max_upstream_read: usize,
-    /// Smallest read buffer from the runtime, in bytes: what an idle tunnel holds while it waits
-    /// for the runtime. Default [`DEFAULT_MIN_UPSTREAM_READ`] (1 KiB).
+    /// Smallest read buffer from the runtime, in bytes: the size after small reads (SPDY
+    /// pings, keystrokes). Default [`DEFAULT_MIN_UPSTREAM_READ`] (1 KiB).
     pub min_upstream_read: usize,
     /// Client bytes queued for one upstream write, in bytes; reaching it stops reading the
     /// client until the runtime takes them. Default [`DEFAULT_MAX_COALESCE`] (64 KiB).
@@ -86,6 +94,7 @@ impl Default for TunnelConfig {
     fn default() -> Self {
         TunnelConfig {
             read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
+            read_ahead: DEFAULT_READ_AHEAD,
             max_message: DEFAULT_MAX_MESSAGE,
             max_upstream_read: DEFAULT_MAX_UPSTREAM_READ,
             min_upstream_read: DEFAULT_MIN_UPSTREAM_READ,
@@ -105,6 +114,132 @@ impl TunnelConfig {
             .write_buffer_size(0)
             .max_message_size(Some(self.max_message))
             .max_frame_size(Some(self.max_message))
+    }
+}
+
+/// Makes the tunnel's WebSocket (server role) on the upgraded client connection `io`, with
+/// [`TunnelConfig::read_ahead`] in front of tungstenite's small read buffer.
+pub async fn accept<S>(io: S, cfg: &TunnelConfig) -> WebSocketStream<ReadAhead<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    WebSocketStream::from_raw_socket(
+        ReadAhead::new(io, cfg.read_ahead),
+        tokio_tungstenite::tungstenite::protocol::Role::Server,
+        Some(cfg.websocket_config()),
+    )
+    .await
+}
+
+/// A connection whose reads switch to large read-ahead reads while data keeps coming.
+///
+/// tungstenite reads at most its read buffer (a few KiB) per call. While reads come back full,
+/// more is waiting: then the socket is read up to `max` bytes at a time into a buffer of our
+/// own (not zero-filled) and tungstenite's reads are served from it. The buffer is freed as
+/// soon as a read finds nothing, so an idle connection holds none; small reads go straight to
+/// the caller's buffer. Writes pass through.
+#[derive(Debug)]
+pub struct ReadAhead<S> {
+    inner: S,
+    buf: Vec<u8>,
+    /// Start of the unread bytes in `buf`.
+    pos: usize,
+    max: usize,
+    /// The last direct read filled the caller's buffer: read ahead next time.
+    bulk: bool,
+}
+
+impl<S> ReadAhead<S> {
+    /// Wraps `inner`; `max` 0 passes reads straight through.
+    pub fn new(inner: S, max: usize) -> Self {
+        ReadAhead {
+            inner,
+            buf: Vec::new(),
+            pos: 0,
+            max,
+            bulk: false,
+        }
+    }
+
+    /// Bytes read ahead and not yet taken.
+    fn buffered(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.buffered().is_empty() {
+            if !this.bulk || this.max <= out.remaining() {
+                let before = out.filled().len();
+                let wanted = out.remaining();
+                ready!(Pin::new(&mut this.inner).poll_read(cx, out))?;
+                this.bulk = this.max > 0 && out.filled().len() - before == wanted && wanted > 0;
+                return Poll::Ready(Ok(()));
+            }
+            this.buf.clear();
+            this.pos = 0;
+            if this.buf.capacity() < this.max {
+                this.buf.reserve_exact(this.max);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.buf) {
+                Poll::Pending => {
+                    // Nothing waiting: the upload paused; hold no buffer while it does.
+                    this.buf = Vec::new();
+                    this.bulk = false;
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(n)) => {
+                    // A short read means the sender is not ahead of us: back to direct reads
+                    // once this is used up.
+                    this.bulk = n >= this.max / 2;
+                }
+            }
+        }
+        let take = this.buffered().len().min(out.remaining());
+        out.put_slice(&this.buf[this.pos..this.pos + take]);
+        this.pos += take;
+        if this.pos == this.buf.len() && !this.bulk {
+            this.buf = Vec::new();
+            this.pos = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
