@@ -401,12 +401,16 @@ fn print_banner(
         lines.push(format!(
             "bridge on ws://{addr} in front of the built-in runtime simulator ({base})"
         ));
-        lines.push("try it:".into());
+        // The path of this very binary, so the printed commands work from any directory.
+        let exe = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "ws-spdy-bridge".into());
+        lines.push("try it (in another terminal):".into());
         lines.push(format!(
-            "  ws-spdy-bridge sim-exec --runtime {base} --bridge {addr} -- sh -c 'echo hello; exit 3'"
+            "  {exe} sim-exec --runtime {base} --bridge {addr} -- sh -c 'echo hello; exit 3'"
         ));
         lines.push(format!(
-            "  echo typed | ws-spdy-bridge sim-exec --stdin --runtime {base} --bridge {addr} -- cat"
+            "  echo typed | {exe} sim-exec --stdin --runtime {base} --bridge {addr} -- cat"
         ));
     } else {
         lines.push(format!("bridge on ws://{addr}"));
