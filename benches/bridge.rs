@@ -19,6 +19,22 @@
 //! counting allocator below, which every process of this binary installs) belong to the bridge
 //! and nothing else.
 //!
+//! What is measured, and why this way:
+//!
+//! 1. Throughput of exec stdout (`dd bs=64k` of zeros) and stdin (`cat` with its output on
+//!    /dev/null, ended by CLOSE `ff 00`), bridged against direct, in pairs run back to back
+//!    (see [`PAIRS`] and [`Window`]). Next to MB/s, the CPU seconds per GB of every party from
+//!    `/proc`: on a two-core machine the bridged path competes with the runtime and the
+//!    client for the same cores, so its MB/s says as much about the machine as about the
+//!    bridge, while the bridge's CPU per GB is its own cost wherever it runs.
+//! 2. Memory per idle session as the slope between 100 and 1000 sessions of a fresh bridge
+//!    process, so that start-up, the runtime's buffers and allocator slack cancel out: RSS as
+//!    the kernel sees it, and live heap from the allocator. Once for sessions left alone
+//!    after opening, once for sessions that first moved 256 KiB each way, which is what
+//!    shows buffers kept after bulk data.
+//! 3. Added latency of a 1-byte echo through `cat`: bridged and direct round trips
+//!    interleaved one by one over two open sessions, p50 and p99 of each.
+//!
 //! Figures, never pass/fail: each is printed next to its target.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -91,9 +107,13 @@ const LATENCY_TRIPS: usize = 2000;
 const LATENCY_WARMUP: usize = 200;
 /// Idle-session counts whose difference gives the per-session slope.
 const IDLE_POINTS: [usize; 2] = [100, 1000];
-/// Time for the bridge to reach its resting state after the last session opened (the
-/// session tasks park, the first upstream PING is not due for 5 s).
+/// Time for the bridge to reach its resting state after the last session opened: the
+/// session tasks park, and (fresh sessions) the first upstream PING is not due for 5 s.
 const SETTLE: Duration = Duration::from_millis(500);
+/// The same after a burst: past the bridge's first upstream PING (5 s), whose small read lets
+/// the SPDY connection's read buffer return to its idle size. Before that the session is
+/// still warm from its burst, not idle.
+const SETTLE_AFTER_BURST: Duration = Duration::from_secs(6);
 /// `/proc/<pid>/stat` counts in clock ticks; Linux's USER_HZ is 100 on every architecture
 /// this runs on.
 const TICKS_PER_SEC: f64 = 100.0;
@@ -160,7 +180,9 @@ impl Peer {
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .kill_on_drop(true)
+            // No kill on drop: if this process dies (a failed assertion), the child reads the
+            // end of its stdin and shuts down on its own, which for the simulator means
+            // killing the processes it started rather than leaving them behind.
             .spawn()
             .unwrap();
         let pid = child.id().unwrap();
@@ -212,6 +234,19 @@ impl Peer {
 }
 
 fn cpu_of(stat_path: &str) -> f64 {
+    stat_seconds(stat_path, 11)
+}
+
+/// CPU time of the children a process has reaped: for the simulator, its exec processes
+/// (`dd`, `cat`), which both paths share.
+fn reaped_cpu_of(pid: u32) -> f64 {
+    stat_seconds(&format!("/proc/{pid}/stat"), 13)
+}
+
+/// The sum of two clock-tick fields of a `stat` file, counted from the first field after the
+/// command name: utime and stime at 11 (fields 14 and 15 of the line), cutime and cstime at
+/// 13.
+fn stat_seconds(stat_path: &str, first: usize) -> f64 {
     let stat = std::fs::read_to_string(stat_path).unwrap();
     // The command name may hold spaces; the fields that follow it do not.
     let fields: Vec<&str> = stat
@@ -220,8 +255,8 @@ fn cpu_of(stat_path: &str) -> f64 {
         .1
         .split_whitespace()
         .collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let ticks: u64 =
+        fields[first].parse::<u64>().unwrap() + fields[first + 1].parse::<u64>().unwrap();
     ticks as f64 / TICKS_PER_SEC
 }
 
@@ -326,26 +361,18 @@ impl Setup {
     /// A v5 WebSocket session through the bridge, for the same kind of token. The stream
     /// options ride in the query, as in the bridge's standalone mode.
     async fn bridged(&mut self, req: &ExecRequest) -> Ws {
+        let url = self.bridged_url(req).await;
+        connect_ws(url).await
+    }
+
+    /// The bridge's URL for a fresh token of `req`.
+    async fn bridged_url(&mut self, req: &ExecRequest) -> String {
         let url = self.url(req).await;
         let token = url.rsplit('/').next().unwrap();
-        let ws_url = format!(
+        format!(
             "ws://{}/exec/{token}?stdin={}&stdout={}&stderr={}&tty={}",
             self.bridge.addr, req.stdin, req.stdout, req.stderr, req.tty
-        );
-        let mut request = ws_url.into_client_request().unwrap();
-        request.headers_mut().insert(
-            "sec-websocket-protocol",
-            HeaderValue::from_static("v5.channel.k8s.io"),
-        );
-        // Nagle off, as client-go's dialer leaves Go's default (TCP_NODELAY on).
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(
-            request,
-            Some(WebSocketConfig::default()),
-            true,
         )
-        .await
-        .unwrap();
-        ws
     }
 
     /// Replaces the bridge process with a fresh one in front of the same simulator.
@@ -358,19 +385,43 @@ impl Setup {
         Cpu {
             bridge: self.bridge.cpu(),
             sim: self.sim.cpu(),
+            procs: reaped_cpu_of(self.sim.pid),
             client: cpu_of("/proc/self/stat"),
         }
     }
 }
 
-/// Reads a v5 session to its end: counts channel-1 bytes, keeps the status (channel 3).
-async fn drain_ws(ws: &mut Ws) -> (u64, Vec<u8>) {
+async fn connect_ws(url: String) -> Ws {
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static("v5.channel.k8s.io"),
+    );
+    // Nagle off, as client-go's dialer leaves Go's default (TCP_NODELAY on).
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(
+        request,
+        Some(WebSocketConfig::default()),
+        true,
+    )
+    .await
+    .unwrap();
+    ws
+}
+
+/// Reads a v5 session to its end: counts channel-1 bytes (into `window` too, if given),
+/// keeps the status (channel 3).
+async fn drain_ws(ws: &mut Ws, mut window: Option<&mut Window>) -> (u64, Vec<u8>) {
     let mut stdout = 0u64;
     let mut status = Vec::new();
     while let Some(msg) = ws.next().await {
         match msg.unwrap() {
             Message::Binary(b) => match b.first() {
-                Some(&frame::STDOUT) => stdout += b.len() as u64 - 1,
+                Some(&frame::STDOUT) => {
+                    stdout += b.len() as u64 - 1;
+                    if let Some(w) = window.as_deref_mut() {
+                        w.add(b.len() as u64 - 1);
+                    }
+                }
                 Some(&frame::ERROR) => status.extend_from_slice(&b[1..]),
                 _ => {}
             },
@@ -389,11 +440,29 @@ fn assert_success_status(status: &[u8]) {
 // ---------------------------------------------------------------------------------------------
 // 1. Throughput.
 
-#[derive(Clone, Copy, Default)]
+/// CPU seconds of each party: the bridge, the simulator, its exec processes, this client.
+#[derive(Clone, Copy)]
 struct Cpu {
     bridge: f64,
     sim: f64,
+    procs: f64,
     client: f64,
+}
+
+impl Cpu {
+    fn map(self, f: impl Fn(f64) -> f64) -> Cpu {
+        Cpu {
+            bridge: f(self.bridge),
+            sim: f(self.sim),
+            procs: f(self.procs),
+            client: f(self.client),
+        }
+    }
+
+    /// Everything but the bridge.
+    fn others(&self) -> f64 {
+        self.sim + self.procs + self.client
+    }
 }
 
 impl std::ops::Sub for Cpu {
@@ -402,6 +471,7 @@ impl std::ops::Sub for Cpu {
         Cpu {
             bridge: self.bridge - o.bridge,
             sim: self.sim - o.sim,
+            procs: self.procs - o.procs,
             client: self.client - o.client,
         }
     }
@@ -428,6 +498,44 @@ enum Direction {
     Stdin,
 }
 
+/// Times the steady part of a run: from the moment 1/16 of its bytes have passed the client
+/// to the moment 15/16 have. Neither end is the bridge's throughput, and either would be
+/// several per cent of a half-second run: setup (a process spawn, two connections) at the
+/// start, and at the end the last partial TCP segment, which can wait up to 40 ms for a
+/// delayed ACK (the simulator leaves Nagle on). CPU time is still taken over the whole run.
+struct Window {
+    total: u64,
+    seen: u64,
+    from: Option<(Instant, u64)>,
+    to: Option<(Instant, u64)>,
+}
+
+impl Window {
+    fn new(total: u64) -> Self {
+        Window {
+            total,
+            seen: 0,
+            from: None,
+            to: None,
+        }
+    }
+
+    fn add(&mut self, n: u64) {
+        self.seen += n;
+        if self.from.is_none() && self.seen >= self.total / 16 {
+            self.from = Some((Instant::now(), self.seen));
+        }
+        if self.to.is_none() && self.seen >= self.total / 16 * 15 {
+            self.to = Some((Instant::now(), self.seen));
+        }
+    }
+
+    fn mb_s(&self) -> f64 {
+        let ((t0, n0), (t1, n1)) = (self.from.unwrap(), self.to.unwrap());
+        (n1 - n0) as f64 / (t1 - t0).as_secs_f64() / 1e6
+    }
+}
+
 async fn run_once(s: &mut Setup, dir: Direction, path: Path, bytes: u64) -> Run {
     let req = match dir {
         Direction::Stdout => {
@@ -443,10 +551,11 @@ async fn run_once(s: &mut Setup, dir: Direction, path: Path, bytes: u64) -> Run 
         Direction::Stdin => exec_request(&["cat"], true, false, false),
     };
     let chunks = bytes / STDIN_CHUNK as u64;
+    // Stdin is timed as the client hands it over: with every buffer on the way bounded (a few
+    // MiB against the run's 512), the steady rate the client can send at is the rate `cat`
+    // takes it at.
+    let mut window = Window::new(bytes);
     let before = s.cpu();
-    // Timed from the CRI call to the status: setup is included on both paths and is a few
-    // milliseconds against the second or so a run takes.
-    let started = Instant::now();
     let moved = match path {
         Path::Direct => {
             let mut rc = s.direct(&req).await;
@@ -456,6 +565,7 @@ async fn run_once(s: &mut Setup, dir: Direction, path: Path, bytes: u64) -> Run 
                     let mut n = 0u64;
                     while let Some(piece) = out.recv().await {
                         n += piece.len() as u64;
+                        window.add(piece.len() as u64);
                     }
                     n
                 }
@@ -464,6 +574,7 @@ async fn run_once(s: &mut Setup, dir: Direction, path: Path, bytes: u64) -> Run 
                     let chunk = Bytes::from(vec![0x5a; STDIN_CHUNK]);
                     for _ in 0..chunks {
                         w.send(chunk.clone()).await.unwrap();
+                        window.add(STDIN_CHUNK as u64);
                     }
                     w.finish().await.unwrap();
                     chunks * STDIN_CHUNK as u64
@@ -478,17 +589,18 @@ async fn run_once(s: &mut Setup, dir: Direction, path: Path, bytes: u64) -> Run 
         Path::Bridged => {
             let mut ws = s.bridged(&req).await;
             let (moved, status) = match dir {
-                Direction::Stdout => drain_ws(&mut ws).await,
+                Direction::Stdout => drain_ws(&mut ws, Some(&mut window)).await,
                 Direction::Stdin => {
                     let mut msg = vec![0x5a; 1 + STDIN_CHUNK];
                     msg[0] = frame::STDIN;
                     let msg = Bytes::from(msg);
                     for _ in 0..chunks {
                         ws.send(Message::Binary(msg.clone())).await.unwrap();
+                        window.add(STDIN_CHUNK as u64);
                     }
                     let close = Bytes::from_static(&[frame::CLOSE, frame::STDIN]);
                     ws.send(Message::Binary(close)).await.unwrap();
-                    let (_, status) = drain_ws(&mut ws).await;
+                    let (_, status) = drain_ws(&mut ws, None).await;
                     (chunks * STDIN_CHUNK as u64, status)
                 }
             };
@@ -496,19 +608,12 @@ async fn run_once(s: &mut Setup, dir: Direction, path: Path, bytes: u64) -> Run 
             moved
         }
     };
-    let secs = started.elapsed().as_secs_f64();
     let cpu = s.cpu() - before;
-    if dir == Direction::Stdout {
-        assert_eq!(moved, bytes);
-    }
+    assert_eq!(moved, bytes);
     let gb = moved as f64 / 1e9;
     Run {
-        mb_s: moved as f64 / secs / 1e6,
-        cpu_per_gb: Cpu {
-            bridge: cpu.bridge / gb,
-            sim: cpu.sim / gb,
-            client: cpu.client / gb,
-        },
+        mb_s: window.mb_s(),
+        cpu_per_gb: cpu.map(|secs| secs / gb),
     }
 }
 
@@ -529,10 +634,12 @@ impl Throughput {
     }
 
     fn cpu(runs: &[Run]) -> Cpu {
+        let of = |f: fn(&Cpu) -> f64| median(runs.iter().map(|r| f(&r.cpu_per_gb)).collect());
         Cpu {
-            bridge: median(runs.iter().map(|r| r.cpu_per_gb.bridge).collect()),
-            sim: median(runs.iter().map(|r| r.cpu_per_gb.sim).collect()),
-            client: median(runs.iter().map(|r| r.cpu_per_gb.client).collect()),
+            bridge: of(|c| c.bridge),
+            sim: of(|c| c.sim),
+            procs: of(|c| c.procs),
+            client: of(|c| c.client),
         }
     }
 
@@ -557,8 +664,8 @@ async fn throughput(s: &mut Setup, dir: Direction) -> Throughput {
     }
     let (mut direct, mut bridged) = (Vec::new(), Vec::new());
     for pair in 0..PAIRS {
-        // Alternating which goes first cancels any effect of going second (warm caches, a
-        // socket still in TIME_WAIT, the previous session's teardown).
+        // Alternating which goes first cancels any effect of going second (warm caches, the
+        // previous session's teardown still running).
         if pair % 2 == 0 {
             direct.push(run_once(s, dir, Path::Direct, RUN_BYTES).await);
             bridged.push(run_once(s, dir, Path::Bridged, RUN_BYTES).await);
@@ -633,7 +740,7 @@ async fn latency(s: &mut Setup) -> Latency {
     ])))
     .await
     .unwrap();
-    let (_, status) = drain_ws(&mut ws).await;
+    let (_, status) = drain_ws(&mut ws, None).await;
     assert_success_status(&status);
     Latency {
         direct: percentiles(direct),
@@ -684,6 +791,31 @@ enum History {
 /// Output and input of a [`History::Burst`] session.
 const BURST: usize = 256 * 1024;
 
+/// Sessions opened at once in the memory phase.
+const OPEN_BATCH: usize = 25;
+
+/// Opens one session, runs its history, and returns it for the caller to leave alone.
+async fn open_idle_session(url: String, history: History) -> Ws {
+    let mut ws = connect_ws(url).await;
+    // The bridge answers 101 only once every upstream stream exists; the first message means
+    // its session task is running too.
+    let first = ws.next().await.unwrap().unwrap();
+    assert_eq!(first.into_data().as_ref(), &[frame::STDOUT]);
+    if history == History::Burst {
+        let mut got = 0;
+        while got < BURST {
+            got += ws.next().await.unwrap().unwrap().into_data().len() - 1;
+        }
+        let mut stdin = vec![0x5a; 1 + STDIN_CHUNK];
+        stdin[0] = frame::STDIN;
+        let stdin = Bytes::from(stdin);
+        for _ in 0..BURST / STDIN_CHUNK {
+            ws.send(Message::Binary(stdin.clone())).await.unwrap();
+        }
+    }
+    ws
+}
+
 async fn memory(s: &mut Setup, history: History) -> Memory {
     // A fresh bridge process, so that its RSS holds the sessions and nothing freed by an
     // earlier phase that the allocator could hand out again.
@@ -695,32 +827,28 @@ async fn memory(s: &mut Setup, history: History) -> Memory {
         History::Fresh => exec_request(&["sleep", "3600"], true, true, true),
         History::Burst => exec_request(&["sh", "-c", &script], true, true, true),
     };
-    let mut stdin = vec![0x5a; 1 + STDIN_CHUNK];
-    stdin[0] = frame::STDIN;
-    let stdin = Bytes::from(stdin);
     let mut held = Vec::new();
     let mut marks = Vec::new();
     let started = Instant::now();
     for target in IDLE_POINTS {
         while held.len() < target {
-            let mut ws = s.bridged(&req).await;
-            // The bridge answers 101 only once every upstream stream exists; the first
-            // message means its session task is running too.
-            let first = ws.next().await.unwrap().unwrap();
-            assert_eq!(first.into_data().as_ref(), &[frame::STDOUT]);
-            if history == History::Burst {
-                let mut got = 0;
-                while got < BURST {
-                    got += ws.next().await.unwrap().unwrap().into_data().len() - 1;
-                }
-                for _ in 0..BURST / STDIN_CHUNK {
-                    ws.send(Message::Binary(stdin.clone())).await.unwrap();
-                }
+            // A batch at a time: process start-up and the odd delayed ACK overlap instead of
+            // adding up (the burst sessions would take half a minute one by one).
+            let mut urls = Vec::new();
+            while held.len() + urls.len() < target && urls.len() < OPEN_BATCH {
+                urls.push(s.bridged_url(&req).await);
             }
-            // From here on the session is left alone.
-            held.push(ws);
+            let opened = futures_util::future::join_all(
+                urls.into_iter().map(|url| open_idle_session(url, history)),
+            )
+            .await;
+            held.extend(opened);
         }
-        tokio::time::sleep(SETTLE).await;
+        tokio::time::sleep(match history {
+            History::Fresh => SETTLE,
+            History::Burst => SETTLE_AFTER_BURST,
+        })
+        .await;
         let heap = s.bridge.ask("HEAP", "HEAP ").await.parse().unwrap();
         marks.push(Mark {
             sessions: target,
@@ -774,6 +902,14 @@ fn raise_nofile() {
     }
 }
 
+/// The one-minute load average.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 fn multi_thread() -> tokio::runtime::Runtime {
     // As `ws-spdy-bridge serve` runs (Runtime::new: one worker per core).
     tokio::runtime::Builder::new_multi_thread()
@@ -796,6 +932,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
+        let load_before = load_average();
         let sim = Peer::spawn(&["--sim"]).await;
         let bridge = Peer::spawn(&["--bridge", &sim.addr.to_string()]).await;
         let mut s = Setup { sim, bridge };
@@ -820,6 +957,12 @@ fn main() {
             .filter(|&&p| is_alive_sleep(p))
             .count();
         report(&out, &inp, &lat, &[&fresh, &burst]);
+        // Other work on the machine moves every wall-clock figure: say how much there was.
+        println!(
+            "  load average {load_before} before, {} after, on {} CPUs",
+            load_average(),
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
         println!(
             "  sessions opened in {:.1} s + {:.1} s; {started_processes} exec processes, {alive} alive after shutdown; total {:.0} s",
             fresh.open_secs,
@@ -863,13 +1006,16 @@ fn report(out: &Throughput, inp: &Throughput, lat: &Latency, mem: &[&Memory; 2])
     for (name, t) in [("stdout", out), ("stdin", inp)] {
         let (d, b) = (Throughput::cpu(&t.direct), Throughput::cpu(&t.bridged));
         println!(
-            "  {name:<6} CPU s/GB direct/bridged: simulator {:.2}/{:.2}, client {:.2}/{:.2}, all {:.2}/{:.2}",
+            "  {name:<6} CPU s/GB direct/bridged: simulator {:.2}/{:.2}, {} {:.2}/{:.2}, client {:.2}/{:.2}; all {:.2}/{:.2}",
             d.sim,
             b.sim,
+            if name == "stdout" { "dd" } else { "cat" },
+            d.procs,
+            b.procs,
             d.client,
             b.client,
-            d.sim + d.client,
-            b.sim + b.client + b.bridge,
+            d.others(),
+            b.others() + b.bridge,
         );
     }
     let us = |d: Duration| d.as_secs_f64() * 1e6;

@@ -22,7 +22,8 @@
 //! so a neighbour's load on this shared machine hits both. Memory is a slope: live heap per
 //! idle tunnel between two tunnel counts. Figures are printed next to their targets.
 //!
-//! `WSB_PF_BENCH_MB` (default 512) sets the bytes per throughput run.
+//! `WSB_PF_BENCH_MB` (default 512) sets the bytes per throughput run; `WSB_PF_BENCH_ONLY=upload`
+//! (or `download`) runs that throughput part alone, for profiling.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
@@ -40,7 +41,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use ws_spdy_bridge::relay::{self, RelayConfig};
-use ws_spdy_bridge::server::{Bridge, BridgeConfig};
+use ws_spdy_bridge::server::{Bridge, BridgeConfig, ServeLimits};
 
 /// Counts live heap bytes. The one `unsafe` of the bench: GlobalAlloc is an unsafe trait, and
 /// every method only forwards to `System` and adjusts a counter.
@@ -94,6 +95,11 @@ async fn proxy_child(backend: SocketAddr) {
     let bridge = Bridge::start(BridgeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         upstream: format!("http://{backend}").parse().unwrap(),
+        // Room for every idle tunnel of the memory figure.
+        limits: ServeLimits {
+            max_sessions: 4 * IDLE_POINTS[1],
+            ..ServeLimits::default()
+        },
         ..BridgeConfig::default()
     })
     .await
@@ -341,7 +347,11 @@ async fn raw_tunnel(bridge: SocketAddr, mode: &str) -> TcpStream {
         tcp.read_exact(&mut byte).await.unwrap();
         head.push(byte[0]);
     }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
     tcp
 }
 
@@ -601,6 +611,22 @@ fn main() {
         let mut proxy = Proxy::spawn(backend_addr).await;
         let started = Instant::now();
 
+        let only = std::env::var("WSB_PF_BENCH_ONLY").unwrap_or_default();
+        if !only.is_empty() {
+            // Profiling aid: one part alone, e.g. under `perf record` or `strace -c`.
+            let dir = if only == "download" { Direction::Download } else { Direction::Upload };
+            let t = throughput(&proxy, dir, frames).await;
+            println!(
+                "{only}: tunnel {:.0} MB/s, relay {:.0} MB/s, ratio {:.2}; proxy CPU {:.2} vs {:.2} s/GB",
+                t.tunnel_mbps,
+                t.relay_mbps,
+                t.tunnel_mbps / t.relay_mbps,
+                t.tunnel_cpu,
+                t.relay_cpu
+            );
+            proxy.stop().await;
+            return;
+        }
         let up = throughput(&proxy, Direction::Upload, frames).await;
         let down = throughput(&proxy, Direction::Download, frames).await;
         let mem = memory(&mut proxy).await;

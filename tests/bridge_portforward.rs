@@ -8,6 +8,7 @@
 //! and 4 bytes, empty messages and larger ones, as client-go's tunnelling connection does.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,6 +27,7 @@ use ws_spdy_bridge::connection::{self, ConnectionConfig, Handle, Stream, StreamR
 use ws_spdy_bridge::runtime_sim::{PortForwardRequest, RuntimeSim, SimConfig};
 use ws_spdy_bridge::server::{Bridge, BridgeConfig};
 use ws_spdy_bridge::spdy::HeaderBlock;
+use ws_spdy_bridge::tokens::{self, TokenStore};
 use ws_spdy_bridge::upstream::{self, UpstreamConfig};
 
 const TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
@@ -1116,6 +1118,56 @@ async fn channel_mode_without_ports_is_refused_and_keeps_the_token() {
         ws.send(Message::Binary(msg.into())).await.unwrap();
         let (messages, _) = channel_messages(&mut ws).await;
         assert_http_ok(&channel_bytes(&messages[2..], 0));
+    })
+    .await
+}
+
+/// With CRI interception the ports are the CRI request's, stored with the bridge token: a
+/// channel-mode client need not (and cannot) name them in the query.
+#[tokio::test]
+async fn channel_mode_takes_the_ports_of_the_cri_request_behind_a_bridge_token() {
+    bounded(async {
+        let sim = RuntimeSim::start(SimConfig::default()).await.unwrap();
+        let pod = http_pod().await;
+        let store = Arc::new(TokenStore::new(Duration::from_secs(60), 10));
+        let bridge = Bridge::start(BridgeConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream_cfg: upstream_config(),
+            tokens: Some(store.clone()),
+            ..BridgeConfig::default()
+        })
+        .await
+        .unwrap();
+        let runtime_url = sim
+            .port_forward(PortForwardRequest {
+                pod_sandbox_id: SANDBOX.into(),
+                ports: vec![pod],
+            })
+            .unwrap();
+        let token = store
+            .insert(tokens::Session {
+                kind: tokens::SessionKind::PortForward,
+                runtime_url: runtime_url.parse().unwrap(),
+                options: Default::default(),
+                ports: vec![pod],
+                container_id: String::new(),
+                pod_sandbox_id: SANDBOX.into(),
+            })
+            .unwrap();
+        // The query names another port: the token's port wins, as the kubelet's CRI server
+        // forwards the ports of the CRI request.
+        let path = format!("/portforward/{}?ports=1", token.as_str());
+        let mut ws = upgrade(bridge.addr(), &path, Some("v4.channel.k8s.io"))
+            .await
+            .websocket()
+            .await;
+        let mut msg = vec![0u8];
+        msg.extend_from_slice(http_request());
+        ws.send(Message::Binary(msg.into())).await.unwrap();
+        let (messages, close) = channel_messages(&mut ws).await;
+        assert_eq!(messages[0], (0, pod.to_le_bytes().to_vec()));
+        assert_http_ok(&channel_bytes(&messages[2..], 0));
+        assert_eq!(close.map(|f| f.code), Some(CloseCode::Normal));
     })
     .await
 }

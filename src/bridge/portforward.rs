@@ -262,6 +262,10 @@ impl Session {
 /// Answers a WebSocket port-forward upgrade `req` whose runtime URL is `upstream_url`: the 101
 /// and the [`Session`] to run after it, or an error response (and no session).
 ///
+/// `known_ports` are the ports of the CRI `PortForward` request behind a bridge token (CRI
+/// interception): channel mode forwards those, as the kubelet's CRI streaming server does.
+/// `None` or empty (standalone mode): they come from the query (`ports=`, `port=`).
+///
 /// The connection serving `req` must have been set up with hyper's `with_upgrades()`.
 ///
 /// Refusals before the runtime is asked count under `meter` as handshake refusals; from the
@@ -270,6 +274,7 @@ impl Session {
 pub async fn serve(
     mut req: Request<Incoming>,
     upstream_url: Uri,
+    known_ports: Option<&[u16]>,
     cfg: &PortForwardConfig,
     meter: &Meter,
 ) -> (Response<Full<Bytes>>, Option<Session>) {
@@ -291,7 +296,11 @@ pub async fn serve(
     let ports = match &mode {
         Mode::Tunnel(_) => Vec::new(),
         Mode::Channel(..) => {
-            match channel::ports_from_query(req.uri().query(), cfg.channel.max_ports) {
+            let ports = match known_ports.filter(|p| !p.is_empty()) {
+                Some(known) => channel::check_port_count(known.to_vec(), cfg.channel.max_ports),
+                None => channel::ports_from_query(req.uri().query(), cfg.channel.max_ports),
+            };
+            match ports {
                 Ok(ports) => ports,
                 Err(e) => {
                     meter.refused(RefusalReason::Ports);

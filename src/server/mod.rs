@@ -544,7 +544,8 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, ctx: Arc<Ctx>) -> Resp
     if kind == Kind::PortForward {
         // WebSocket port-forward: the tunnel or the legacy channel protocol, translated to the
         // runtime's SPDY port-forward. (SPDY clients were passed through above.)
-        return portforward_response(req, upstream_url, &ctx, &meter, admitted).await;
+        let known_ports = known.map(|s| s.ports);
+        return portforward_response(req, upstream_url, known_ports, &ctx, &meter, admitted).await;
     }
     match subprotocol::choose_remote_command(&offered) {
         RemoteCommandChoice::V5 => {
@@ -857,6 +858,7 @@ fn empty_response(code: StatusCode) -> Response<Body> {
 async fn portforward_response(
     req: Request<Incoming>,
     upstream_url: http::Uri,
+    known_ports: Option<Vec<u16>>,
     ctx: &Arc<Ctx>,
     meter: &Meter,
     admitted: Admitted,
@@ -874,7 +876,8 @@ async fn portforward_response(
         },
         ..PortForwardConfig::default()
     };
-    let (response, session) = portforward::serve(req, upstream_url, &cfg, meter).await;
+    let (response, session) =
+        portforward::serve(req, upstream_url, known_ports.as_deref(), &cfg, meter).await;
     if let Some(session) = session {
         let going_away = ctx.going_away.clone();
         ctx.spawn_session(

@@ -214,8 +214,15 @@ pub fn ports_from_query(query: Option<&str>, max_ports: usize) -> Result<Vec<u16
     if !seen {
         return Err(PortsError::Missing);
     }
-    if ports.len() > max_ports.min(DEFAULT_MAX_PORTS) {
-        return Err(PortsError::TooMany(max_ports.min(DEFAULT_MAX_PORTS)));
+    check_port_count(ports, max_ports)
+}
+
+/// `ports`, if there are at most `max_ports` of them (and never more than
+/// [`DEFAULT_MAX_PORTS`], whose channels fill the one-byte channel number).
+pub fn check_port_count(ports: Vec<u16>, max_ports: usize) -> Result<Vec<u16>, PortsError> {
+    let max = max_ports.min(DEFAULT_MAX_PORTS);
+    if ports.len() > max {
+        return Err(PortsError::TooMany(max));
     }
     Ok(ports)
 }
@@ -396,8 +403,12 @@ where
         Some((done, client_ok)) => {
             stats.ports = done;
             stats.end = ChannelEnd::PortsDone;
-            handle.close().await;
-            if client_ok {
+            // The client learns at once; the runtime session (nothing open on it any more)
+            // ends while the client answers the Close.
+            let client = async {
+                if !client_ok {
+                    return;
+                }
                 let close = CloseFrame {
                     code: CloseCode::Normal,
                     reason: "".into(),
@@ -413,7 +424,8 @@ where
                     })
                     .await;
                 }
-            }
+            };
+            futures_util::future::join(client, handle.close()).await;
         }
         None => {
             // The client left: every stream is reset and the session ends (GOAWAY).

@@ -7,15 +7,17 @@
 //! ```
 //!
 //! One task, one future: both directions are polled by the same `poll_fn`, so an idle tunnel
-//! is a parked task, two sockets, tungstenite's small read buffer and a small upstream read
-//! buffer, with no channels or extra tasks.
+//! is a parked task, two sockets and tungstenite's small read buffer: no channels, no extra
+//! tasks, and no buffers of ours (they exist only while bytes move).
 //!
 //! * **Client → runtime.** Message boundaries mean nothing (spdystream writes every frame field
 //!   as its own message). Messages that are ready together are queued (up to
 //!   [`TunnelConfig::max_coalesce`] bytes) and written with one vectored write when no further
 //!   message is immediately ready, so kubectl's 4-byte messages do not become 4-byte TCP writes.
 //!   Empty messages are skipped; a text message is a protocol error (client-go's reader fails
-//!   on one too). A full queue stops reading the client: back-pressure, never drop.
+//!   on one too). A full queue stops reading the client: back-pressure, never drop. During bulk
+//!   uploads [`ReadAhead`] reads the client socket in large reads, so tungstenite's small read
+//!   buffer does not cost a read call per few KiB.
 //! * **Runtime → client.** Each read becomes one binary message. The read buffer follows the
 //!   traffic: twice the last read, between [`TunnelConfig::min_upstream_read`] and
 //!   [`TunnelConfig::max_upstream_read`]. It is allocated per read, freed once tungstenite has
@@ -475,7 +477,12 @@ impl ClientToUpstream {
             if self.queue.is_empty() {
                 return Poll::Pending;
             }
-            let written = match ready!(write_queue(cx, upstream.as_mut(), &mut self.queue)) {
+            let written = match ready!(write_queue(
+                cx,
+                upstream.as_mut(),
+                &mut self.queue,
+                self.max_queued
+            )) {
                 Ok(0) => return Poll::Ready(TunnelEnd::UpstreamFailed(io::ErrorKind::WriteZero)),
                 Ok(n) => n,
                 Err(e) => return Poll::Ready(TunnelEnd::UpstreamFailed(e.kind())),
@@ -494,7 +501,9 @@ impl ClientToUpstream {
         U: AsyncWrite + ?Sized,
     {
         while !self.queue.is_empty() {
-            let n = poll_fn(|cx| write_queue(cx, upstream.as_mut(), &mut self.queue)).await?;
+            let limit = self.max_queued;
+            let n =
+                poll_fn(|cx| write_queue(cx, upstream.as_mut(), &mut self.queue, limit)).await?;
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
@@ -507,11 +516,13 @@ impl ClientToUpstream {
 }
 
 /// Writes the front of `queue` with one (vectored, where the writer supports it) write and
-/// drops what was written from the queue. Returns the bytes written.
+/// drops what was written from the queue. Returns the bytes written. Without vectored writes,
+/// small pieces are first merged into buffers of up to `merge_limit` bytes.
 fn write_queue<U>(
     cx: &mut Context<'_>,
     mut upstream: Pin<&mut U>,
     queue: &mut VecDeque<Bytes>,
+    merge_limit: usize,
 ) -> Poll<io::Result<usize>>
 where
     U: AsyncWrite + ?Sized,
@@ -519,7 +530,7 @@ where
     if queue.len() > 1 && !upstream.is_write_vectored() {
         // Without vectored writes, one write per message would undo the coalescing: merge
         // the small pieces at the front into one buffer first.
-        merge_front(queue, DEFAULT_MAX_COALESCE);
+        merge_front(queue, merge_limit);
     }
     let written = if queue.len() == 1 {
         ready!(upstream.as_mut().poll_write(cx, &queue[0]))?
@@ -700,6 +711,32 @@ mod tests {
         let mut big = queue(&[&[1; 10], b"x"]);
         merge_front(&mut big, 8);
         assert_eq!(big.len(), 2, "a piece over the limit stays alone");
+    }
+
+    #[tokio::test]
+    async fn read_ahead_passes_bytes_through_and_holds_nothing_when_idle() {
+        use tokio::io::AsyncReadExt;
+        let (mut tx, rx) = tokio::io::duplex(1 << 20);
+        let mut reader = ReadAhead::new(rx, 64 * 1024);
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        tx.write_all(&data).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while got.len() < data.len() {
+            let n = reader.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, data);
+        assert!(reader.bulk, "full 4 KiB reads switch to read-ahead");
+        // Nothing waiting: the read parks, and the read-ahead buffer is gone.
+        let pending = tokio::time::timeout(Duration::from_millis(20), reader.read(&mut buf)).await;
+        assert!(pending.is_err());
+        assert_eq!(reader.buf.capacity(), 0);
+        assert!(!reader.bulk);
+        tx.write_all(b"ping").await.unwrap();
+        let n = reader.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"ping");
+        assert_eq!(reader.buf.capacity(), 0, "small reads go straight through");
     }
 
     #[test]
