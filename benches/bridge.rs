@@ -902,12 +902,24 @@ fn raise_nofile() {
     }
 }
 
-/// The one-minute load average.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_default()
+/// CPU seconds the whole machine has spent busy, and seconds elapsed per CPU, from
+/// `/proc/stat` (all but idle and iowait).
+fn machine_cpu() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().unwrap())
+        .collect();
+    let total: u64 = ticks.iter().sum();
+    let idle = ticks[3] + ticks[4];
+    (
+        (total - idle) as f64 / TICKS_PER_SEC,
+        total as f64 / TICKS_PER_SEC,
+    )
 }
 
 fn multi_thread() -> tokio::runtime::Runtime {
@@ -932,14 +944,20 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let load_before = load_average();
         let sim = Peer::spawn(&["--sim"]).await;
         let bridge = Peer::spawn(&["--bridge", &sim.addr.to_string()]).await;
         let mut s = Setup { sim, bridge };
         let started = Instant::now();
 
+        let (busy0, all0) = machine_cpu();
+        let ours0 = s.cpu();
         let out = throughput(&mut s, Direction::Stdout).await;
         let inp = throughput(&mut s, Direction::Stdin).await;
+        let (busy1, all1) = machine_cpu();
+        let ours = s.cpu() - ours0;
+        // The share of the machine's CPU time that was neither idle nor accounted to our
+        // processes: neighbours, plus kernel work no process is charged for.
+        let neighbours = ((busy1 - busy0) - (ours.others() + ours.bridge)) / (all1 - all0);
         let lat = latency(&mut s).await;
         let fresh = memory(&mut s, History::Fresh).await;
         let burst = memory(&mut s, History::Burst).await;
@@ -959,8 +977,8 @@ fn main() {
         report(&out, &inp, &lat, &[&fresh, &burst]);
         // Other work on the machine moves every wall-clock figure: say how much there was.
         println!(
-            "  load average {load_before} before, {} after, on {} CPUs",
-            load_average(),
+            "  CPU time outside the bench's processes during the throughput runs: {:.0}% of {} CPUs",
+            neighbours * 100.0,
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
         println!(

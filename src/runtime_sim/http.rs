@@ -39,6 +39,9 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                // Go's net package (containerd) turns Nagle off on every TCP connection; so
+                // must we, or small writes at the end of a burst wait for a delayed ACK.
+                let _ = stream.set_nodelay(true);
                 tracing::debug!(%peer, "runtime simulator connection");
                 shared.spawn(serve_connection(stream, shared.clone()));
             }
