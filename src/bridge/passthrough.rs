@@ -338,7 +338,7 @@ fn switching_protocols(runtime: &HeaderMap) -> Response<Full<Bytes>> {
 }
 
 /// What the client gets when the runtime did not switch protocols.
-fn error_response(e: UpstreamError) -> Response<Full<Bytes>> {
+pub(crate) fn error_response(e: UpstreamError) -> Response<Full<Bytes>> {
     match e {
         // protocol.md §13.4 step 4: the runtime's own refusal, relayed unchanged (a 403 keeps
         // its X-Accepted-Stream-Protocol-Versions lines).
@@ -394,7 +394,7 @@ fn error_response(e: UpstreamError) -> Response<Full<Bytes>> {
 
 /// A `metav1.Status` error response, as the API server writes them. Its texts come from
 /// [`UpstreamError`]'s display, which never holds a full token.
-fn status_response(
+pub(crate) fn status_response(
     code: StatusCode,
     reason: &str,
     message: impl Into<String>,
@@ -412,7 +412,7 @@ fn status_response(
 }
 
 /// The runtime URL for logs: host, port and the redacted path; never userinfo or the token.
-fn redacted(url: &Uri) -> String {
+pub(crate) fn redacted(url: &Uri) -> String {
     let path = upstream::redact_path(url.path_and_query().map_or("/", |pq| pq.as_str()));
     match (url.host(), url.port_u16()) {
         (Some(host), Some(port)) => format!("{host}:{port}{path}"),

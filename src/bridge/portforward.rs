@@ -25,7 +25,7 @@ pub mod channel;
 pub mod tunnel;
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -35,11 +35,12 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
+use crate::bridge::passthrough::{self, redacted, status_response};
 use crate::channel::subprotocol::{self, PORT_FORWARD, TUNNEL_PREFIX};
 use crate::metrics::{
     self, Channel, CountingIo, Direction, Meter, Outcome, Protocol, RefusalReason, SessionGuard,
 };
-use crate::status::{REASON_INTERNAL_ERROR, Status};
+use crate::status::REASON_INTERNAL_ERROR;
 use crate::upstream::{self, UpgradeRequest, UpstreamConfig, UpstreamError, UpstreamIo};
 
 pub use channel::{
@@ -499,101 +500,17 @@ fn check_handshake(req: &Request<Incoming>) -> Result<Vec<u8>, BadHandshake> {
         .ok_or(BadHandshake::NoKey)
 }
 
-/// Response headers of a refusal that are not relayed: framing (hyper frames the body it
-/// sends) and hop-by-hop headers.
-const NOT_RELAYED: &[HeaderName] = &[
-    header::CONTENT_LENGTH,
-    header::TRANSFER_ENCODING,
-    header::TE,
-    header::TRAILER,
-    header::CONNECTION,
-    header::UPGRADE,
-    header::PROXY_AUTHENTICATE,
-];
-
-/// What the client gets when the runtime did not switch protocols (protocol.md §7.2 step 5).
+/// What the client gets when the runtime did not switch protocols (protocol.md §7.2 step 5):
+/// what every pass-through answers (the runtime's own refusal relayed, C-72), except for a 101
+/// without the upgrade headers, which the API server's tunnel reports in its own words.
 fn refusal_response(e: UpstreamError) -> Response<Full<Bytes>> {
     match e {
-        // The runtime's own answer, relayed: client-go sees a non-101 and falls back (C-72).
-        UpstreamError::Refused {
-            status,
-            headers,
-            raw_body,
-            ..
-        } if status.as_u16() >= 400 => {
-            let mut response = Response::new(Full::new(raw_body));
-            *response.status_mut() = status;
-            let out = response.headers_mut();
-            for (name, value) in headers.iter() {
-                let hop_by_hop = matches!(name.as_str(), "keep-alive" | "proxy-connection");
-                if !NOT_RELAYED.contains(name) && !hop_by_hop {
-                    out.append(name.clone(), value.clone());
-                }
-            }
-            // As the API server, which closes after relaying a refusal.
-            out.insert(header::CONNECTION, HeaderValue::from_static("close"));
-            response
-        }
-        UpstreamError::Refused { status, .. } | UpstreamError::Redirect { status, .. } => {
-            status_response(
-                StatusCode::BAD_GATEWAY,
-                REASON_INTERNAL_ERROR,
-                format!("invalid upgrade response: status code {}", status.as_u16()),
-            )
-        }
-        // The API server tunnel's own words for a 101 without the upgrade headers.
         UpstreamError::MissingUpgradeHeaders { .. } => status_response(
             StatusCode::INTERNAL_SERVER_ERROR,
             REASON_INTERNAL_ERROR,
             "unable to upgrade: missing upgrade headers in response",
         ),
-        UpstreamError::ConnectTimeout { .. } | UpstreamError::ResponseHeaderTimeout { .. } => {
-            status_response(StatusCode::GATEWAY_TIMEOUT, "Timeout", e.client_go_text())
-        }
-        UpstreamError::InvalidUrl { .. }
-        | UpstreamError::InvalidRequest { .. }
-        | UpstreamError::NoTlsConfig { .. } => status_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            REASON_INTERNAL_ERROR,
-            e.client_go_text(),
-        ),
-        UpstreamError::Dial { .. }
-        | UpstreamError::Tls { .. }
-        | UpstreamError::Transport { .. }
-        | UpstreamError::ResponseHeaderTooLarge { .. }
-        | UpstreamError::MalformedResponse { .. } => status_response(
-            StatusCode::BAD_GATEWAY,
-            REASON_INTERNAL_ERROR,
-            e.client_go_text(),
-        ),
-    }
-}
-
-/// A `metav1.Status` error response, closing the connection.
-fn status_response(
-    code: StatusCode,
-    reason: &str,
-    message: impl Into<String>,
-) -> Response<Full<Bytes>> {
-    let status = Status::http_error(code.as_u16(), reason, message);
-    let mut response = Response::new(Full::new(Bytes::from(status.to_json())));
-    *response.status_mut() = code;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    response
-}
-
-/// The runtime URL for logs: host, port and the redacted path; never userinfo or the token.
-fn redacted(url: &Uri) -> String {
-    let path = upstream::redact_path(url.path());
-    match (url.host(), url.port_u16()) {
-        (Some(host), Some(port)) => format!("{host}:{port}{path}"),
-        (Some(host), None) => format!("{host}{path}"),
-        _ => path,
+        e => passthrough::error_response(e),
     }
 }
 
