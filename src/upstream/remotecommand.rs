@@ -1,8 +1,6 @@
 //! The client side of remote command (exec, attach) over SPDY, as client-go's SPDY executor
 //! runs it: upgrade, create the streams one by one, relay, read the outcome.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use thiserror::Error;
 
@@ -165,10 +163,8 @@ async fn open(connection: &Handle, kind: &'static str) -> Result<connection::Str
 /// Default cap on the error stream's bytes.
 pub const DEFAULT_ERROR_STREAM_CAP: usize = 64 * 1024;
 
-/// The connection settings the bridge uses towards a runtime.
+/// The connection settings the bridge uses towards a runtime: client-go's (PING every 5 s,
+/// 30 s per SYN_REPLY), which are [`ConnectionConfig::client`]'s defaults.
 pub fn client_connection_config() -> ConnectionConfig {
-    ConnectionConfig {
-        ping_interval: Some(Duration::from_secs(5)),
-        ..ConnectionConfig::client()
-    }
+    ConnectionConfig::client()
 }
