@@ -52,9 +52,6 @@ pub struct RemoteCommand {
     pub stdout: Option<StreamReader>,
     pub stderr: Option<StreamReader>,
     pub resize: Option<StreamWriter>,
-    /// Our (unused) writers of the output streams. Readers of the input streams are dropped
-    /// at once, so anything a runtime might write there is discarded, never buffered.
-    _held: (Vec<StreamWriter>, Vec<StreamReader>),
 }
 
 impl RemoteCommand {
@@ -71,34 +68,27 @@ impl RemoteCommand {
             StartError::UnknownProtocol(upgraded.protocol.clone().unwrap_or_default())
         })?;
         let (connection, _incoming) = connection::spawn(upgraded.io, upgraded.leftover, conn);
-        let mut held = (Vec::new(), Vec::new());
+        // Each stream keeps only the half that carries data. Dropping our writer of an output
+        // stream sends nothing; dropping our reader of an input stream discards whatever the
+        // runtime might write there instead of buffering it.
         let result = async {
-            let (error, w) = open(&connection, "error").await?.split();
-            held.0.push(w);
-            let mut stdin = None;
-            if opts.stdin {
-                let (r, w) = open(&connection, "stdin").await?.split();
-                drop(r);
-                stdin = Some(w);
-            }
-            let mut stdout = None;
-            if opts.stdout {
-                let (r, w) = open(&connection, "stdout").await?.split();
-                held.0.push(w);
-                stdout = Some(r);
-            }
-            let mut stderr = None;
-            if opts.stderr && !opts.tty {
-                let (r, w) = open(&connection, "stderr").await?.split();
-                held.0.push(w);
-                stderr = Some(r);
-            }
-            let mut resize = None;
-            if opts.tty && protocol >= Protocol::V3 {
-                let (r, w) = open(&connection, "resize").await?.split();
-                drop(r);
-                resize = Some(w);
-            }
+            let error = open(&connection, "error").await?.reader;
+            let stdin = match opts.stdin {
+                true => Some(open(&connection, "stdin").await?.writer),
+                false => None,
+            };
+            let stdout = match opts.stdout {
+                true => Some(open(&connection, "stdout").await?.reader),
+                false => None,
+            };
+            let stderr = match opts.stderr && !opts.tty {
+                true => Some(open(&connection, "stderr").await?.reader),
+                false => None,
+            };
+            let resize = match opts.tty && protocol >= Protocol::V3 {
+                true => Some(open(&connection, "resize").await?.writer),
+                false => None,
+            };
             Ok::<_, StartError>((error, stdin, stdout, stderr, resize))
         }
         .await;
@@ -111,7 +101,6 @@ impl RemoteCommand {
                 stdout,
                 stderr,
                 resize,
-                _held: held,
             }),
             Err(e) => {
                 connection.close().await;
