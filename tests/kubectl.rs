@@ -42,18 +42,17 @@
 mod apiserver;
 #[path = "support/containerd_peer.rs"]
 mod containerd_peer;
+#[path = "support/kubectl_cli.rs"]
+mod kubectl_cli;
 
-use std::collections::HashMap;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use http::Uri;
@@ -67,6 +66,10 @@ use apiserver::{
     UpgradeRecord,
 };
 use containerd_peer::{BUSYBOX_IMAGE, HTTP_BODY, HTTP_PORT, PeerGuard, REQUIRE_ENV};
+use kubectl_cli::{
+    ChildGuard, Kubectl, Pty, assert_success, chunks, find_kubectl, read_all, run, run_with,
+    set_window_size, wait_for,
+};
 
 /// kubectl versions that speak WebSocket (v5) for exec and attach.
 macro_rules! websocket_version {
@@ -202,80 +205,6 @@ fn required() -> bool {
 }
 
 // ---- the kubectl binaries -------------------------------------------------------------------
-
-/// One kubectl binary, checked to report the expected client version.
-#[derive(Clone, Debug)]
-struct Kubectl {
-    path: PathBuf,
-    git_version: String,
-}
-
-/// Env var naming the only folder to look for `kubectl.1.NN` in.
-const KUBECTL_DIR_ENV: &str = "WS_SPDY_BRIDGE_KUBECTL_DIR";
-
-/// Folders to look for `kubectl.1.NN` in, best first.
-fn kubectl_dirs() -> Vec<PathBuf> {
-    if let Some(dir) = std::env::var_os(KUBECTL_DIR_ENV) {
-        return vec![PathBuf::from(dir)];
-    }
-    let mut dirs = Vec::new();
-    let path_dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    // The versioned binaries sit beside the real `kubectl`, which PATH often reaches through a
-    // symlink (/usr/bin/kubectl -> /usr/lib/google-cloud-sdk/bin/kubectl).
-    for dir in &path_dirs {
-        let kubectl = dir.join("kubectl");
-        if kubectl.is_file()
-            && let Ok(real) = fs::canonicalize(&kubectl)
-            && let Some(parent) = real.parent()
-        {
-            dirs.push(parent.to_path_buf());
-            break;
-        }
-    }
-    dirs.extend(path_dirs);
-    dirs
-}
-
-fn find_kubectl(version: &'static str) -> Result<Kubectl, String> {
-    static FOUND: Mutex<Option<HashMap<&'static str, Result<Kubectl, String>>>> = Mutex::new(None);
-    let mut found = FOUND.lock().unwrap_or_else(|e| e.into_inner());
-    let found = found.get_or_insert_with(HashMap::new);
-    found
-        .entry(version)
-        .or_insert_with(|| locate_kubectl(version))
-        .clone()
-}
-
-fn locate_kubectl(version: &'static str) -> Result<Kubectl, String> {
-    let file = format!("kubectl.{version}");
-    let dirs = kubectl_dirs();
-    let path = dirs
-        .iter()
-        .map(|d| d.join(&file))
-        .find(|p| p.is_file())
-        .ok_or_else(|| format!("{file} not found in {dirs:?}"))?;
-    let out = Command::new(&path)
-        .args(["version", "--client", "-o", "json"])
-        .env_clear()
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("{} version --client: {e}", path.display()))?;
-    let git_version = json["clientVersion"]["gitVersion"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    if !git_version.starts_with(&format!("v{version}.")) {
-        return Err(format!(
-            "{} reports client version {git_version:?}, not {version}",
-            path.display()
-        ));
-    }
-    Ok(Kubectl { path, git_version })
-}
 
 // ---- the shared environment: bridge + fake API server ---------------------------------------
 
@@ -575,147 +504,6 @@ fn pod_name(case: &str, version: &str) -> String {
 
 // ---- running kubectl ------------------------------------------------------------------------
 
-/// Kills the child (by its pid) if it is still running when dropped.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-impl ChildGuard {
-    fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.0.try_wait() {
-                Ok(Some(status)) => return Some(status),
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-                _ => return None,
-            }
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct Run<T> {
-    status: ExitStatus,
-    out: T,
-    stderr: String,
-    elapsed: Duration,
-}
-
-fn read_all(mut r: impl Read) -> Vec<u8> {
-    let mut v = Vec::new();
-    let _ = r.read_to_end(&mut v);
-    v
-}
-
-/// Runs `cmd` with `input` on stdin (then EOF; none: `/dev/null`), `consume` reading stdout,
-/// killed after `timeout` (a test failure).
-fn run_with<T: Send + 'static>(
-    mut cmd: Command,
-    input: Option<Vec<u8>>,
-    timeout: Duration,
-    what: &str,
-    consume: impl FnOnce(ChildStdout) -> T + Send + 'static,
-) -> Run<T> {
-    cmd.stdin(if input.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let t0 = Instant::now();
-    let mut child = ChildGuard(
-        cmd.spawn()
-            .unwrap_or_else(|e| panic!("{what}: cannot start: {e}")),
-    );
-    let writer = child.0.stdin.take().map(|mut stdin| {
-        let data = input.unwrap_or_default();
-        thread::spawn(move || {
-            let _ = stdin.write_all(&data);
-            // Dropping stdin here is the EOF kubectl turns into the v5 CLOSE for stdin.
-        })
-    });
-    let stdout = child.0.stdout.take().expect("stdout pipe");
-    let out = thread::spawn(move || consume(stdout));
-    let stderr = child.0.stderr.take().expect("stderr pipe");
-    let err = thread::spawn(move || read_all(stderr));
-    let Some(status) = child.wait_timeout(timeout) else {
-        child.kill();
-        let err = err.join().unwrap_or_default();
-        panic!(
-            "{what}: kubectl did not finish within {timeout:?}; stderr: {}",
-            String::from_utf8_lossy(&err)
-        );
-    };
-    let elapsed = t0.elapsed();
-    if let Some(w) = writer {
-        let _ = w.join();
-    }
-    let out = out.join().expect("stdout reader");
-    let stderr = String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned();
-    Run {
-        status,
-        out,
-        stderr,
-        elapsed,
-    }
-}
-
-fn run(cmd: Command, input: Option<Vec<u8>>, timeout: Duration, what: &str) -> Run<Vec<u8>> {
-    run_with(cmd, input, timeout, what, read_all)
-}
-
-/// Chunks from a reader, on a thread of their own.
-fn chunks(mut r: impl Read + Send + 'static) -> (Receiver<Vec<u8>>, JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            match r.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    if tx.send(buf[..n].to_vec()).is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    });
-    (rx, handle)
-}
-
-/// Collects output from `rx` into `seen` until it contains `needle` (true) or `deadline`
-/// passes or the output ends (false).
-fn wait_for(rx: &Receiver<Vec<u8>>, seen: &mut Vec<u8>, needle: &[u8], deadline: Instant) -> bool {
-    loop {
-        if seen.windows(needle.len()).any(|w| w == needle) {
-            return true;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        match rx.recv_timeout(left) {
-            Ok(chunk) => seen.extend_from_slice(&chunk),
-            Err(RecvTimeoutError::Timeout) => return false,
-            Err(RecvTimeoutError::Disconnected) => {
-                return seen.windows(needle.len()).any(|w| w == needle);
-            }
-        }
-    }
-}
-
 // ---- assertions on the fake API server's record ---------------------------------------------
 
 fn describe(u: &UpgradeRecord) -> String {
@@ -777,16 +565,6 @@ fn assert_websocket_v5(env: &Env, pod: &str, subresource: Subresource) -> Upgrad
     assert_eq!(response.status, 101, "{all}");
     assert_eq!(response.websocket_protocol.as_deref(), Some(V5), "{all}");
     u
-}
-
-fn assert_success(run: &Run<Vec<u8>>, what: &str) {
-    assert!(
-        run.status.success(),
-        "{what}: kubectl exited with {}; stdout {:?}; stderr {:?}",
-        run.status,
-        String::from_utf8_lossy(&run.out),
-        run.stderr
-    );
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -879,56 +657,6 @@ fn exec_exit_code_3(version: &'static str, test: &'static str) {
         ctx.kubectl.git_version,
         run.elapsed.as_millis()
     ));
-}
-
-/// A pseudo-terminal pair: kubectl gets the terminal, the test drives the other side.
-struct Pty {
-    master: File,
-    terminal: OwnedFd,
-}
-
-impl Pty {
-    fn open(rows: u16, cols: u16) -> Pty {
-        use rustix::fs::{Mode, OFlags};
-        use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
-        let master =
-            openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).expect("openpt");
-        grantpt(&master).expect("grantpt");
-        unlockpt(&master).expect("unlockpt");
-        let name = ptsname(&master, Vec::new()).expect("ptsname");
-        // NOCTTY: the test process must not pick it up as its own controlling terminal.
-        let terminal = rustix::fs::open(
-            name.as_c_str(),
-            OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .expect("open the pty's terminal side");
-        let pty = Pty {
-            master: File::from(master),
-            terminal,
-        };
-        set_window_size(&pty.master, rows, cols);
-        pty
-    }
-
-    fn stdio(&self) -> Stdio {
-        Stdio::from(self.terminal.try_clone().expect("dup the pty terminal"))
-    }
-}
-
-/// Sets a pty's window size through its master side; the kernel sends SIGWINCH to the
-/// terminal's foreground process group (kubectl, which holds it as its controlling terminal).
-fn set_window_size(master: &File, rows: u16, cols: u16) {
-    rustix::termios::tcsetwinsize(
-        master,
-        rustix::termios::Winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        },
-    )
-    .expect("set the pty's window size");
 }
 
 /// `kubectl exec -it POD -- sh -c 'while read l; do stty size; done'` on a pseudo-terminal:
