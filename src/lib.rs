@@ -15,4 +15,5 @@ pub mod spdy;
 pub mod status;
 pub mod tokens;
 pub mod upstream;
+pub mod websocket;
 pub mod wsclient;
