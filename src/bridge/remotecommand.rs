@@ -12,7 +12,7 @@
 //! while stdin is back-pressured. The session ends in the order all output → status → Close
 //! 1000 → TCP close.
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,15 +20,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, WriteHalf};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::channel::frame::{self, Inbound};
@@ -38,6 +33,7 @@ use crate::connection::{StreamEnd, StreamReader, StreamWriter};
 use crate::metrics::{self, ByteCounter, CloseSignal, CloseSignals, Direction, SessionGuard};
 use crate::status::{STATUS_SUCCESS, Status};
 use crate::upstream::remotecommand::{DEFAULT_ERROR_STREAM_CAP, RemoteCommand, StreamOptions};
+use crate::websocket::{self, CloseFrame, Event, Limits, Opcode, close_code};
 
 /// How a translated session behaves. Defaults mirror the API server's translator.
 #[derive(Clone, Debug)]
@@ -170,11 +166,18 @@ enum ReaderEnd {
     /// The connection ended or failed.
     Gone,
     /// The client sent a Close frame; it waits for ours (RFC 6455 §5.5.1).
-    Closed,
+    Closed(Option<CloseFrame>),
+    /// The client broke the channel protocol (a malformed CLOSE, §4.6).
     ProtocolError,
+    /// The client broke the WebSocket protocol; the Close code that says how.
+    Broken(u16),
 }
 
-/// Runs a session. `upstream` yields the runtime session: already established in the default
+/// The client connection's writing half.
+type ClientWriter<S> = websocket::Writer<WriteHalf<S>>;
+
+/// Runs a session on the upgraded client connection `client`, whose WebSocket frames are held
+/// to `limits`. `upstream` yields the runtime session: already established in the default
 /// order (a ready future), or dialled now in the API-server order, where the 101 came first and
 /// a failure becomes `Err(status)` on channel 3.
 ///
@@ -189,7 +192,8 @@ enum ReaderEnd {
 /// finished sends a Failure status (ServiceUnavailable) and WebSocket Close 1001, tears its
 /// upstream down and ends as [`SessionEnd::Drained`].
 pub async fn run<S, U>(
-    ws: WebSocketStream<S>,
+    client: S,
+    limits: Limits,
     upstream: U,
     opts: StreamOptions,
     cfg: &SessionConfig,
@@ -197,14 +201,14 @@ pub async fn run<S, U>(
     going_away: &CancellationToken,
 ) -> SessionEnd
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Send + 'static,
     U: Future<Output = Result<RemoteCommand, Status>>,
 {
-    let (mut sink, stream) = ws.split();
+    let (client_rd, mut ws) = websocket::server(client, Bytes::new(), limits);
     let activity = Arc::new(Activity::new());
     let meters = Meters::new(meter, opts);
     let initial = frame::initial_message(opts.stdout, opts.stderr && !opts.tty);
-    if sink.send(Message::Binary(initial)).await.is_err() {
+    if ws.send_binary(initial).await.is_err() {
         // An established upstream closes itself once its handle and streams are dropped.
         return SessionEnd::ClientGone;
     }
@@ -213,8 +217,11 @@ where
     let stdin_budget = Arc::new(Semaphore::new(cfg.stdin_buffer.max(1)));
     let (stdin_tx, stdin_rx) = mpsc::unbounded_channel::<(Bytes, u32)>();
     let (resize_tx, resize_rx) = mpsc::channel::<Bytes>(8);
+    // The reader hands pings over for the writer to answer; when pongs pile up, only a few
+    // are worth sending.
+    let (pong_tx, mut pongs) = mpsc::channel::<Bytes>(4);
     let mut reader = spawn(read_client(
-        stream,
+        client_rd,
         ReaderCtx {
             stdin: opts.stdin.then_some(stdin_tx),
             stdin_budget: stdin_budget.clone(),
@@ -223,6 +230,7 @@ where
             tty: opts.tty,
             activity: activity.clone(),
             meters: meters.clone(),
+            pongs: pong_tx,
         },
     ));
 
@@ -231,14 +239,20 @@ where
     tokio::pin!(going_away);
     let dialled = {
         tokio::pin!(upstream);
-        tokio::select! {
-            u = &mut upstream => Ok(u),
-            r = &mut reader => Err(r.unwrap_or(ReaderEnd::Gone)),
-            // The dial is dropped with `upstream`, which closes whatever it had opened.
-            () = &mut going_away => {
-                reader.abort();
-                say_going_away(&mut sink, cfg, &meters).await;
-                return SessionEnd::Drained;
+        loop {
+            tokio::select! {
+                u = &mut upstream => break Ok(u),
+                r = &mut reader => break Err(r.unwrap_or(ReaderEnd::Gone)),
+                Some(ping) = pongs.recv() => {
+                    // A failed write shows up as the reader's end soon after.
+                    let _ = ws.send_pong(ping).await;
+                }
+                // The dial is dropped with `upstream`, which closes whatever it had opened.
+                () = &mut going_away => {
+                    reader.abort();
+                    say_going_away(&mut ws, cfg, &meters).await;
+                    return SessionEnd::Drained;
+                }
             }
         }
     };
@@ -246,7 +260,7 @@ where
         Ok(Ok(rc)) => rc,
         Ok(Err(status)) => {
             reader.abort();
-            let end = finish(&mut sink, Some(status.clone()), cfg, &meters).await;
+            let end = finish(&mut ws, Some(status.clone()), cfg, &meters).await;
             return end.unwrap_or(SessionEnd::Completed {
                 exit_code: None,
                 status: Box::new(status),
@@ -254,14 +268,9 @@ where
         }
         // The client left (or broke the protocol) while the runtime was being dialled; the
         // dial is dropped with this future, which closes whatever it had opened.
-        Err(ReaderEnd::Gone) => return SessionEnd::ClientGone,
-        Err(ReaderEnd::Closed) => {
-            answer_close(&mut sink, cfg).await;
-            return SessionEnd::ClientGone;
-        }
-        Err(ReaderEnd::ProtocolError) => {
-            let _ = finish(&mut sink, None, cfg, &meters).await;
-            return SessionEnd::ClientProtocolError;
+        Err(why) => {
+            say_goodbye(&mut ws, &why, cfg, &meters).await;
+            return why.session_end();
         }
     };
 
@@ -282,25 +291,15 @@ where
         })
     });
 
-    // Runtime → client.
-    let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(8);
-    let pumps: Vec<_> = [
-        (rc.stdout.take(), frame::STDOUT),
-        (rc.stderr.take(), frame::STDERR),
-    ]
-    .into_iter()
-    .filter_map(|(r, ch)| r.map(|r| (r, ch)))
-    .map(|(r, ch)| {
-        spawn(pump_output(
-            r,
-            ch,
-            out_tx.clone(),
-            cfg.max_outbound_payload,
-            activity.clone(),
-        ))
-    })
-    .collect();
-    drop(out_tx);
+    // Runtime → client, read here: no task or queue between the runtime's streams and the
+    // client's socket.
+    let mut output = Output::new(
+        [
+            (rc.stdout.take(), frame::STDOUT),
+            (rc.stderr.take(), frame::STDERR),
+        ],
+        cfg.max_outbound_payload,
+    );
 
     let protocol = rc.protocol;
     let mut outcome_fut = Box::pin(async move {
@@ -323,17 +322,24 @@ where
             break;
         }
         tokio::select! {
-            msg = out_rx.recv(), if !output_done => match msg {
-                Some(m) => {
-                    let (head, len) = (m.first().copied(), m.len());
-                    if sink.send(Message::Binary(m)).await.is_err() {
+            msg = poll_fn(|cx| output.poll_message(cx)), if !output_done => match msg {
+                Some((channel, len)) => {
+                    activity.touch();
+                    ws.start_parts(Opcode::Binary, Some(channel), &mut output.parts);
+                    if poll_fn(|cx| ws.poll_write_frame(cx)).await.is_err() {
                         client_gone = Some(ReaderEnd::Gone);
                         break;
                     }
-                    meters.sent(head, len);
+                    meters.sent(Some(channel), len + 1);
                 }
                 None => output_done = true,
             },
+            Some(ping) = pongs.recv() => {
+                if ws.send_pong(ping).await.is_err() {
+                    client_gone = Some(ReaderEnd::Gone);
+                    break;
+                }
+            }
             o = &mut outcome_fut, if outcome.is_none() => outcome = Some(o),
             r = &mut reader => {
                 client_gone = Some(r.unwrap_or(ReaderEnd::Gone));
@@ -341,7 +347,7 @@ where
             }
             _ = idle_check.tick() => {
                 if activity.idle_for() >= cfg.idle_timeout {
-                    let _ = finish(&mut sink, None, cfg, &meters).await;
+                    let _ = finish(&mut ws, None, cfg, &meters).await;
                     reader.abort();
                     teardown(outcome, outcome_fut, stdin_pump).await;
                     return SessionEnd::Idle;
@@ -349,7 +355,7 @@ where
             }
             () = &mut going_away => {
                 reader.abort();
-                say_going_away(&mut sink, cfg, &meters).await;
+                say_going_away(&mut ws, cfg, &meters).await;
                 teardown(outcome, outcome_fut, stdin_pump).await;
                 return SessionEnd::Drained;
             }
@@ -358,16 +364,11 @@ where
 
     if let Some(why) = client_gone {
         // The client is gone (or broke the protocol): end stdin upstream, let the runtime
-        // finish on its own for a bounded time, then tear the upstream down. Output pumps
-        // drop their data once the writer side is gone.
-        drop(out_rx);
-        match why {
-            ReaderEnd::ProtocolError => {
-                let _ = finish(&mut sink, None, cfg, &meters).await;
-            }
-            ReaderEnd::Closed => answer_close(&mut sink, cfg).await,
-            ReaderEnd::Gone => {}
-        }
+        // finish on its own for a bounded time, then tear the upstream down. The output
+        // streams' readers are dropped, so the runtime's data is discarded, never left to
+        // wedge the SPDY connection.
+        drop(output);
+        say_goodbye(&mut ws, &why, cfg, &meters).await;
         reader.abort();
         // One grace period for all of it: a runtime that does not take stdin must not
         // double the wait.
@@ -387,13 +388,7 @@ where
             Some(rc) => rc.close().await,
             None => drop(outcome_fut),
         }
-        for p in pumps {
-            p.abort();
-        }
-        return match why {
-            ReaderEnd::Gone | ReaderEnd::Closed => SessionEnd::ClientGone,
-            ReaderEnd::ProtocolError => SessionEnd::ClientProtocolError,
-        };
+        return why.session_end();
     }
 
     let (outcome, error_end, rc) = outcome.expect("loop ends with the outcome");
@@ -406,7 +401,7 @@ where
         client_status(&outcome, protocol)
     };
     let exit_code = status.exit_code();
-    let end = finish(&mut sink, Some(status.clone()), cfg, &meters).await;
+    let end = finish(&mut ws, Some(status.clone()), cfg, &meters).await;
     reader.abort();
     if let Some(p) = stdin_pump {
         p.abort();
@@ -416,6 +411,49 @@ where
         status: Box::new(status),
         exit_code,
     })
+}
+
+impl ReaderEnd {
+    fn session_end(&self) -> SessionEnd {
+        match self {
+            ReaderEnd::Gone | ReaderEnd::Closed(_) => SessionEnd::ClientGone,
+            ReaderEnd::ProtocolError | ReaderEnd::Broken(_) => SessionEnd::ClientProtocolError,
+        }
+    }
+}
+
+/// The last words to a client that is leaving or broke a protocol.
+async fn say_goodbye<W>(
+    ws: &mut ClientWriter<W>,
+    why: &ReaderEnd,
+    cfg: &SessionConfig,
+    meters: &Meters,
+) where
+    W: AsyncRead + AsyncWrite,
+{
+    match why {
+        ReaderEnd::Gone => {}
+        // Echo the client's code, as RFC 6455 §5.5.1 suggests.
+        ReaderEnd::Closed(frame) => {
+            let reply = frame.as_ref().map(|f| CloseFrame {
+                code: f.code,
+                reason: String::new(),
+            });
+            let _ =
+                tokio::time::timeout(cfg.status_write_timeout, ws.send_close(reply.as_ref())).await;
+        }
+        ReaderEnd::ProtocolError => {
+            let _ = finish(ws, None, cfg, meters).await;
+        }
+        ReaderEnd::Broken(code) => {
+            let frame = CloseFrame {
+                code: *code,
+                reason: String::new(),
+            };
+            let _ =
+                tokio::time::timeout(cfg.status_write_timeout, ws.send_close(Some(&frame))).await;
+        }
+    }
 }
 
 /// How the runtime ended the error stream.
@@ -439,27 +477,27 @@ impl UpstreamEnd {
 
 /// Writes the status (if any), then Close 1000 with an empty reason, within the status write
 /// deadline. `Some(ClientGone)` when the client could not be written to.
-async fn finish<K>(
-    sink: &mut K,
+async fn finish<W>(
+    ws: &mut ClientWriter<W>,
     status: Option<Status>,
     cfg: &SessionConfig,
     meters: &Meters,
 ) -> Option<SessionEnd>
 where
-    K: futures_util::Sink<Message> + Unpin,
+    W: AsyncRead + AsyncWrite,
 {
     let write = async {
         if let Some(status) = status {
             let message = status_message(&status);
             let (head, len) = (message.first().copied(), message.len());
-            sink.send(Message::Binary(message)).await.ok()?;
+            ws.send_binary(message).await.ok()?;
             meters.sent(head, len);
         }
         let close = CloseFrame {
-            code: CloseCode::Normal,
-            reason: "".into(),
+            code: close_code::NORMAL,
+            reason: String::new(),
         };
-        sink.send(Message::Close(Some(close))).await.ok()?;
+        ws.send_close(Some(&close)).await.ok()?;
         // x/net/websocket closes TCP right after its Close frame without waiting for the
         // reply; the caller drops the connection next.
         Some(())
@@ -472,9 +510,9 @@ where
 
 /// The bridge is shutting down: a Failure status, then Close 1001 (going away). The status
 /// matters: client-go reads a connection that closes without one as the command's success.
-async fn say_going_away<K>(sink: &mut K, cfg: &SessionConfig, meters: &Meters)
+async fn say_going_away<W>(ws: &mut ClientWriter<W>, cfg: &SessionConfig, meters: &Meters)
 where
-    K: futures_util::Sink<Message> + Unpin,
+    W: AsyncRead + AsyncWrite,
 {
     const WHY: &str = "the streaming bridge is shutting down; the command was cut off";
     let status = Status {
@@ -487,24 +525,15 @@ where
     let write = async {
         let message = status_message(&status);
         let (head, len) = (message.first().copied(), message.len());
-        sink.send(Message::Binary(message)).await.ok()?;
+        ws.send_binary(message).await.ok()?;
         meters.sent(head, len);
         let close = CloseFrame {
-            code: CloseCode::Away,
+            code: close_code::GOING_AWAY,
             reason: "shutting down".into(),
         };
-        sink.send(Message::Close(Some(close))).await.ok()
+        ws.send_close(Some(&close)).await.ok()
     };
     let _ = tokio::time::timeout(cfg.status_write_timeout, write).await;
-}
-
-/// Sends the Close frame tungstenite queued in answer to the client's (it goes out only with
-/// the next write or flush, and nothing else is written to a client that is leaving).
-async fn answer_close<K>(sink: &mut K, cfg: &SessionConfig)
-where
-    K: futures_util::Sink<Message> + Unpin,
-{
-    let _ = tokio::time::timeout(cfg.status_write_timeout, sink.close()).await;
 }
 
 async fn teardown<F>(
@@ -532,23 +561,33 @@ struct ReaderCtx {
     tty: bool,
     activity: Arc<Activity>,
     meters: Meters,
+    /// Pings for the session to answer.
+    pongs: mpsc::Sender<Bytes>,
 }
 
-/// Reads the client: stdin into the bounded queue, resizes re-encoded, CLOSE signals, and
-/// (inside tungstenite) pong replies. Returns why it stopped.
-async fn read_client<R>(mut stream: R, mut ctx: ReaderCtx) -> ReaderEnd
+/// Reads the client: stdin into the bounded queue, resizes re-encoded, CLOSE signals, pings
+/// handed to the session to answer. Returns why it stopped.
+async fn read_client<R>(mut client: websocket::Reader<R>, mut ctx: ReaderCtx) -> ReaderEnd
 where
-    R: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+    R: AsyncRead + Unpin,
 {
     let mut resize = ResizeDecoder::new();
     let mut resize_open = ctx.tty && ctx.resize.is_some();
-    while let Some(msg) = stream.next().await {
-        let data = match msg {
-            Ok(Message::Binary(b)) => b,
+    while let Some(event) = client.next().await {
+        let data = match event {
             // v5 servers accept text frames exactly like binary ones (C-28).
-            Ok(Message::Text(t)) => Bytes::from(t),
-            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
-            Ok(Message::Close(_)) => return ReaderEnd::Closed,
+            Ok(Event::Message { payload, .. }) => payload,
+            Ok(Event::Ping(ping)) => {
+                // A full queue already holds answers; the client needs only some.
+                let _ = ctx.pongs.try_send(ping);
+                continue;
+            }
+            Ok(Event::Pong(_)) => continue,
+            Ok(Event::Close(frame)) => return ReaderEnd::Closed(frame),
+            Err(websocket::ReadError::Protocol(e)) => {
+                tracing::debug!(error = %e, "client broke the WebSocket protocol");
+                return ReaderEnd::Broken(e.close_code());
+            }
             Err(_) => return ReaderEnd::Gone,
         };
         match frame::decode_inbound(data) {
@@ -633,24 +672,84 @@ async fn pump_stdin(
     let _ = writer.finish().await;
 }
 
-/// Relays one output stream as `[channel] + payload` messages of bounded size. When the
-/// client is gone, the stream reader is dropped so the runtime's data is discarded, never
-/// left to wedge the SPDY connection.
-async fn pump_output(
-    mut reader: StreamReader,
-    channel: u8,
-    out: mpsc::Sender<Bytes>,
+/// The runtime's output streams, read by the session itself. A message is what one stream
+/// has ready, up to the payload cap: pieces that arrived separately (SPDY frames, socket
+/// reads) go out together as one message without being copied, and the streams take turns.
+struct Output {
+    sources: Vec<(StreamReader, u8)>,
+    /// The next source to ask first.
+    next: usize,
     max_payload: usize,
-    activity: Arc<Activity>,
-) {
-    let mut messages = Vec::new();
-    while let Some(piece) = reader.recv().await {
-        activity.touch();
-        frame::encode(channel, &piece, max_payload, &mut messages);
-        for m in messages.drain(..) {
-            if out.send(m).await.is_err() {
-                return;
+    /// The pieces of the message [`poll_message`](Self::poll_message) made ready.
+    parts: Vec<Bytes>,
+    /// What did not fit in the last message: its source and bytes.
+    carry: Option<(usize, Bytes)>,
+}
+
+impl Output {
+    fn new(streams: [(Option<StreamReader>, u8); 2], max_payload: usize) -> Self {
+        Output {
+            sources: streams
+                .into_iter()
+                .filter_map(|(r, ch)| r.map(|r| (r, ch)))
+                .collect(),
+            next: 0,
+            max_payload: max_payload.max(1),
+            parts: Vec::new(),
+            carry: None,
+        }
+    }
+
+    /// The channel and payload length of the next message, whose pieces are left in
+    /// `parts`; `None` once every stream has ended.
+    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<(u8, usize)>> {
+        let (source, first) = match self.carry.take() {
+            Some(c) => c,
+            None => match self.poll_any(cx) {
+                Poll::Ready(Some(c)) => c,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            },
+        };
+        self.next = (source + 1) % self.sources.len().max(1);
+        let mut len = 0;
+        let mut piece = first;
+        loop {
+            let room = self.max_payload - len;
+            if piece.len() > room {
+                self.carry = Some((source, piece.split_off(room)));
             }
+            len += piece.len();
+            self.parts.push(piece);
+            if self.carry.is_some() || len == self.max_payload {
+                break;
+            }
+            // More may already be queued behind it; a pending poll leaves a waker behind,
+            // which is harmless.
+            match self.sources[source].0.poll_recv(cx) {
+                Poll::Ready(Some(p)) => piece = p,
+                _ => break,
+            }
+        }
+        Poll::Ready(Some((self.sources[source].1, len)))
+    }
+
+    /// The first piece any stream has ready, asking them in turn from `next`.
+    fn poll_any(&mut self, cx: &mut Context<'_>) -> Poll<Option<(usize, Bytes)>> {
+        let n = self.sources.len();
+        let mut open = false;
+        for k in 0..n {
+            let i = (self.next + k) % n;
+            match self.sources[i].0.poll_recv(cx) {
+                Poll::Ready(Some(piece)) => return Poll::Ready(Some((i, piece))),
+                Poll::Ready(None) => {}
+                Poll::Pending => open = true,
+            }
+        }
+        if open {
+            Poll::Pending
+        } else {
+            Poll::Ready(None)
         }
     }
 }

@@ -21,9 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -698,14 +696,10 @@ async fn translate(
                 return;
             }
         };
-        let ws_cfg = WebSocketConfig::default()
-            .read_buffer_size(8 * 1024)
-            .write_buffer_size(0)
-            .max_message_size(Some(ctx.max_message))
-            .max_frame_size(Some(ctx.max_frame));
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_cfg))
-                .await;
+        let limits = crate::websocket::Limits {
+            max_frame: ctx.max_frame,
+            max_message: ctx.max_message,
+        };
         // API-server order: the dial happens inside the session, after the initial message.
         let dial_outcome = std::sync::Mutex::new(None);
         let upstream = async {
@@ -725,8 +719,16 @@ async fn translate(
                 }
             }
         };
-        let end =
-            remotecommand::run(ws, upstream, opts, &ctx.session, &guard, &ctx.going_away).await;
+        let end = remotecommand::run(
+            TokioIo::new(upgraded),
+            limits,
+            upstream,
+            opts,
+            &ctx.session,
+            &guard,
+            &ctx.going_away,
+        )
+        .await;
         // A dial that failed is the runtime's (or our) failure, whatever status it became.
         let dialled = dial_outcome.into_inner().unwrap_or_else(|e| e.into_inner());
         guard.set_outcome(match (&end, dialled) {

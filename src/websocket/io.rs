@@ -8,6 +8,7 @@
 //! traffic and is released whenever the connection goes quiet, so an idle connection holds no
 //! buffer at all, whatever it carried before.
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -25,6 +26,8 @@ const MAX_READ: usize = 64 * 1024;
 /// Payloads up to this size are copied behind their header when the connection cannot take
 /// vectored writes, so that a small message is still one write.
 const COALESCE_SMALL: usize = 4 * 1024;
+/// Slices handed to one vectored write: the header and up to this many payload pieces less one.
+const MAX_SLICES: usize = 16;
 
 /// Why reading from the client stopped.
 #[derive(Debug, thiserror::Error)]
@@ -129,7 +132,8 @@ pub struct Writer<W> {
     head: [u8; 11],
     head_len: u8,
     head_pos: u8,
-    body: Bytes,
+    /// The payload still to write, in pieces.
+    body: VecDeque<Bytes>,
     close_sent: bool,
 }
 
@@ -140,7 +144,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             head: [0; 11],
             head_len: 0,
             head_pos: 0,
-            body: Bytes::new(),
+            body: VecDeque::new(),
             close_sent: false,
         }
     }
@@ -159,7 +163,25 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     /// out with [`poll_write_frame`](Self::poll_write_frame). The previous frame must be done.
     pub fn start(&mut self, opcode: Opcode, channel: Option<u8>, payload: Bytes) {
         debug_assert!(self.is_idle(), "a frame is already being written");
-        let len = payload.len() + usize::from(channel.is_some());
+        let len = payload.len();
+        if !payload.is_empty() {
+            self.body.push_back(payload);
+        }
+        self.start_head(opcode, channel, len);
+    }
+
+    /// Starts one frame whose payload is `channel` (when given) followed by every piece of
+    /// `parts` in order, which are taken out of it; they go out in one vectored write, so
+    /// pieces that arrived separately cost neither a copy nor a frame each.
+    pub fn start_parts(&mut self, opcode: Opcode, channel: Option<u8>, parts: &mut Vec<Bytes>) {
+        debug_assert!(self.is_idle(), "a frame is already being written");
+        let len = parts.iter().map(Bytes::len).sum();
+        self.body.extend(parts.drain(..).filter(|p| !p.is_empty()));
+        self.start_head(opcode, channel, len);
+    }
+
+    fn start_head(&mut self, opcode: Opcode, channel: Option<u8>, body_len: usize) {
+        let len = body_len + usize::from(channel.is_some());
         let header = FrameHeader::new(opcode, len);
         let h = header.as_bytes();
         self.head[..h.len()].copy_from_slice(h);
@@ -170,7 +192,6 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         }
         self.head_len = n as u8;
         self.head_pos = 0;
-        self.body = payload;
         if opcode == Opcode::Close {
             self.close_sent = true;
         }
@@ -180,13 +201,22 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     pub fn poll_write_frame(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.is_idle() {
             let head = &self.head[usize::from(self.head_pos)..usize::from(self.head_len)];
-            let n = if self.io.is_write_vectored() || head.is_empty() {
-                let slices = [IoSlice::new(head), IoSlice::new(&self.body)];
-                ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices))?
-            } else if self.body.len() <= COALESCE_SMALL {
-                let mut one = Vec::with_capacity(head.len() + self.body.len());
+            let first = self.body.front().map_or(&[][..], |b| &b[..]);
+            let n = if self.io.is_write_vectored() {
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                slices[0] = IoSlice::new(head);
+                let mut k = 1;
+                for part in self.body.iter().take(MAX_SLICES - 1) {
+                    slices[k] = IoSlice::new(part);
+                    k += 1;
+                }
+                ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..k]))?
+            } else if head.is_empty() {
+                ready!(Pin::new(&mut self.io).poll_write(cx, first))?
+            } else if self.body.len() <= 1 && first.len() <= COALESCE_SMALL {
+                let mut one = Vec::with_capacity(head.len() + first.len());
                 one.extend_from_slice(head);
-                one.extend_from_slice(&self.body);
+                one.extend_from_slice(first);
                 ready!(Pin::new(&mut self.io).poll_write(cx, &one))?
             } else {
                 ready!(Pin::new(&mut self.io).poll_write(cx, head))?
@@ -196,7 +226,20 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             }
             let from_head = n.min(head.len());
             self.head_pos += from_head as u8;
-            self.body.advance(n - from_head);
+            let mut rest = n - from_head;
+            while rest > 0 {
+                let front = self
+                    .body
+                    .front_mut()
+                    .expect("written bytes came from the body");
+                if rest >= front.len() {
+                    rest -= front.len();
+                    self.body.pop_front();
+                } else {
+                    front.advance(rest);
+                    rest = 0;
+                }
+            }
         }
         Pin::new(&mut self.io).poll_flush(cx)
     }
