@@ -250,7 +250,7 @@ where
                 // The dial is dropped with `upstream`, which closes whatever it had opened.
                 () = &mut going_away => {
                     reader.abort();
-                    say_going_away(&mut ws, cfg, &meters).await;
+                    Box::pin(say_going_away(&mut ws, cfg, &meters)).await;
                     return SessionEnd::Drained;
                 }
             }
@@ -260,7 +260,7 @@ where
         Ok(Ok(rc)) => rc,
         Ok(Err(status)) => {
             reader.abort();
-            let end = finish(&mut ws, Some(status.clone()), cfg, &meters).await;
+            let end = Box::pin(finish(&mut ws, Some(status.clone()), cfg, &meters)).await;
             return end.unwrap_or(SessionEnd::Completed {
                 exit_code: None,
                 status: Box::new(status),
@@ -269,7 +269,7 @@ where
         // The client left (or broke the protocol) while the runtime was being dialled; the
         // dial is dropped with this future, which closes whatever it had opened.
         Err(why) => {
-            say_goodbye(&mut ws, &why, cfg, &meters).await;
+            Box::pin(say_goodbye(&mut ws, &why, cfg, &meters)).await;
             return why.session_end();
         }
     };
@@ -347,16 +347,16 @@ where
             }
             _ = idle_check.tick() => {
                 if activity.idle_for() >= cfg.idle_timeout {
-                    let _ = finish(&mut ws, None, cfg, &meters).await;
+                    let _ = Box::pin(finish(&mut ws, None, cfg, &meters)).await;
                     reader.abort();
-                    teardown(outcome, outcome_fut, stdin_pump).await;
+                    Box::pin(teardown(outcome, outcome_fut, stdin_pump)).await;
                     return SessionEnd::Idle;
                 }
             }
             () = &mut going_away => {
                 reader.abort();
-                say_going_away(&mut ws, cfg, &meters).await;
-                teardown(outcome, outcome_fut, stdin_pump).await;
+                Box::pin(say_going_away(&mut ws, cfg, &meters)).await;
+                Box::pin(teardown(outcome, outcome_fut, stdin_pump)).await;
                 return SessionEnd::Drained;
             }
         }
@@ -368,7 +368,7 @@ where
         // streams' readers are dropped, so the runtime's data is discarded, never left to
         // wedge the SPDY connection.
         drop(output);
-        say_goodbye(&mut ws, &why, cfg, &meters).await;
+        Box::pin(say_goodbye(&mut ws, &why, cfg, &meters)).await;
         reader.abort();
         // One grace period for all of it: a runtime that does not take stdin must not
         // double the wait.
@@ -385,7 +385,7 @@ where
                 .map(|(_, _, rc)| rc),
         };
         match rc {
-            Some(rc) => rc.close().await,
+            Some(rc) => Box::pin(rc.close()).await,
             None => drop(outcome_fut),
         }
         return why.session_end();
@@ -401,12 +401,12 @@ where
         client_status(&outcome, protocol)
     };
     let exit_code = status.exit_code();
-    let end = finish(&mut ws, Some(status.clone()), cfg, &meters).await;
+    let end = Box::pin(finish(&mut ws, Some(status.clone()), cfg, &meters)).await;
     reader.abort();
     if let Some(p) = stdin_pump {
         p.abort();
     }
-    rc.close().await;
+    Box::pin(rc.close()).await;
     end.unwrap_or(SessionEnd::Completed {
         status: Box::new(status),
         exit_code,
@@ -547,7 +547,7 @@ async fn teardown<F>(
         p.abort();
     }
     match outcome {
-        Some((_, _, rc)) => rc.close().await,
+        Some((_, _, rc)) => Box::pin(rc.close()).await,
         None => drop(fut),
     }
 }

@@ -702,7 +702,9 @@ async fn translate(
         };
         // API-server order: the dial happens inside the session, after the initial message.
         let dial_outcome = std::sync::Mutex::new(None);
-        let upstream = async {
+        // Boxed: the dial's state is needed only until the runtime answers; inline, it would
+        // stay in the session's future for the session's life.
+        let upstream = Box::pin(async {
             match upstream {
                 Some(rc) => Ok(rc),
                 None => {
@@ -718,7 +720,7 @@ async fn translate(
                     started.map_err(|e| status_for_start_error(&e))
                 }
             }
-        };
+        });
         let end = remotecommand::run(
             TokioIo::new(upgraded),
             limits,
