@@ -4,13 +4,16 @@
 //! ```text
 //!  client ──ws──▶ reader ──stdin queue (bounded)──▶ stdin pump ──DATA──▶ runtime
 //!                   │ resize ──canonical JSON──────────────────────DATA──▶
-//!  client ◀──ws── writer ◀── stdout/stderr pumps ◀──DATA── runtime
+//!                   │ pings
+//!  client ◀──ws── session ◀── stdout/stderr stream readers ◀──DATA── runtime
 //!                   ▲ status (channel 3), Close 1000 ◀── error stream decoded at the end
 //! ```
 //!
 //! The reader never waits on the runtime while the stdin queue has room, so pings are answered
-//! while stdin is back-pressured. The session ends in the order all output → status → Close
-//! 1000 → TCP close.
+//! while stdin is back-pressured. Output takes no detour: the session task reads the runtime's
+//! stream queues itself and writes each message as one vectored write of header, channel byte
+//! and the runtime's bytes as they arrived. The session ends in the order all output → status
+//! → Close 1000 → TCP close.
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;

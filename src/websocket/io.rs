@@ -339,6 +339,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn pieces_go_out_as_one_frame_in_order_through_short_writes() {
+        // A 7-byte pipe: every write is cut short, across header, channel byte and pieces.
+        let (mut client, server) = tokio::io::duplex(7);
+        let (_rd, mut wr) = super::server(server, Bytes::new(), LIMITS);
+        let pieces: Vec<Bytes> = (0..40u8)
+            .map(|i| Bytes::from(vec![i; 1 + i as usize * 37]))
+            .collect();
+        let total: usize = pieces.iter().map(Bytes::len).sum();
+        let mut parts = pieces.clone();
+        let write = async {
+            wr.start_parts(Opcode::Binary, Some(2), &mut parts);
+            poll_fn(|cx| wr.poll_write_frame(cx)).await.unwrap();
+            assert!(wr.is_idle());
+        };
+        let mut got = vec![0u8; 4 + 1 + total];
+        let read = client.read_exact(&mut got);
+        let (_, r) = tokio::join!(write, read);
+        r.unwrap();
+        assert!(parts.is_empty(), "the pieces were taken");
+        let len = 1 + total;
+        assert_eq!(&got[..4], &[0x82, 126, (len >> 8) as u8, len as u8]);
+        assert_eq!(got[4], 2);
+        assert_eq!(got[5..], pieces.concat()[..]);
+    }
+
+    #[tokio::test]
     async fn eof_inside_a_frame_is_reported() {
         let (mut client, server) = tokio::io::duplex(1024);
         let (mut rd, _wr) = super::server(server, Bytes::new(), LIMITS);
