@@ -21,7 +21,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -675,7 +674,8 @@ async fn translate(
     h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(
         "sec-websocket-accept",
-        HeaderValue::from_str(&derive_accept_key(&key)).expect("base64 is a valid header"),
+        HeaderValue::from_str(&crate::websocket::accept_key(&key))
+            .expect("base64 is a valid header"),
     );
     h.insert(
         "sec-websocket-protocol",

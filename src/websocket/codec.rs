@@ -138,10 +138,18 @@ struct Partial {
     data: BytesMut,
 }
 
+/// Payloads shorter than this are copied out of the read buffer instead of sliced from it: a
+/// small message that waits in a queue (stdin while the runtime is slow, a pong) must not keep
+/// a whole read buffer alive, or a client sending tiny messages could pin far more memory than
+/// the bytes it is charged for.
+pub const COPY_BELOW: usize = 4 * 1024;
+
 /// Decodes a client's frames into [`Event`]s.
 pub struct Decoder {
     limits: Limits,
     partial: Option<Partial>,
+    /// The first error: the stream is unusable after it, and says so again on every call.
+    failed: Option<DecodeError>,
 }
 
 impl Decoder {
@@ -149,6 +157,7 @@ impl Decoder {
         Decoder {
             limits,
             partial: None,
+            failed: None,
         }
     }
 
@@ -166,6 +175,18 @@ impl Decoder {
     /// (a fragment that completes no message is consumed and buffered here). After an error
     /// the stream is unusable: the caller closes it with [`DecodeError::close_code`].
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Event>, DecodeError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let decoded = self.decode_frames(buf);
+        if let Err(e) = &decoded {
+            self.failed = Some(e.clone());
+            self.partial = None;
+        }
+        decoded
+    }
+
+    fn decode_frames(&mut self, buf: &mut BytesMut) -> Result<Option<Event>, DecodeError> {
         loop {
             let Some(h) = parse_header(buf, self.limits.max_frame)? else {
                 return Ok(None);
@@ -204,12 +225,12 @@ impl Decoder {
 
     fn on_frame(&mut self, h: Header, payload: BytesMut) -> Result<Option<Event>, DecodeError> {
         let event = match h.opcode {
-            Opcode::Ping => Event::Ping(payload.freeze()),
-            Opcode::Pong => Event::Pong(payload.freeze()),
+            Opcode::Ping => Event::Ping(detach(payload)),
+            Opcode::Pong => Event::Pong(detach(payload)),
             Opcode::Close => Event::Close(close_payload(&payload)?),
             Opcode::Text | Opcode::Binary if h.fin => Event::Message {
                 text: h.opcode == Opcode::Text,
-                payload: payload.freeze(),
+                payload: detach(payload),
             },
             Opcode::Text | Opcode::Binary => {
                 self.partial = Some(Partial {
@@ -227,7 +248,7 @@ impl Decoder {
                 let Partial { text, data } = self.partial.take().expect("just used");
                 Event::Message {
                     text,
-                    payload: data.freeze(),
+                    payload: detach(data),
                 }
             }
         };
@@ -237,6 +258,16 @@ impl Decoder {
     /// Bytes held for a fragmented message.
     pub fn buffered(&self) -> usize {
         self.partial.as_ref().map_or(0, |p| p.data.len())
+    }
+}
+
+/// A payload as handed out: a slice of the read buffer, or its own copy when it is small (see
+/// [`COPY_BELOW`]).
+fn detach(payload: BytesMut) -> Bytes {
+    if payload.len() < COPY_BELOW {
+        Bytes::copy_from_slice(&payload)
+    } else {
+        payload.freeze()
     }
 }
 
@@ -543,6 +574,38 @@ mod tests {
     }
 
     #[test]
+    fn an_error_is_final() {
+        let mut d = Decoder::new(LIMITS);
+        let mut wire = client_frame(0x88, b"x");
+        wire.extend(client_frame(0x82, b"after"));
+        let mut buf = BytesMut::from(&wire[..]);
+        assert_eq!(d.decode(&mut buf), Err(DecodeError::CloseTooShort));
+        assert_eq!(d.decode(&mut buf), Err(DecodeError::CloseTooShort));
+    }
+
+    #[test]
+    fn small_payloads_do_not_keep_the_read_buffer_alive() {
+        let mut d = Decoder::new(LIMITS);
+        let mut wire = client_frame(0x82, b"tiny");
+        wire.extend(client_frame(0x82, &[5; COPY_BELOW]));
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        buf.extend_from_slice(&wire);
+        let base = buf.as_ptr() as usize;
+        let within = |b: &Bytes| (base..base + 64 * 1024).contains(&(b.as_ptr() as usize));
+        let Some(Event::Message { payload: small, .. }) = d.decode(&mut buf).unwrap() else {
+            panic!("a message")
+        };
+        let Some(Event::Message { payload: large, .. }) = d.decode(&mut buf).unwrap() else {
+            panic!("a message")
+        };
+        assert!(!within(&small), "a small payload is its own copy");
+        assert!(
+            within(&large),
+            "a large payload is a slice of the read buffer"
+        );
+    }
+
+    #[test]
     fn oversized_frames_are_refused_from_the_header_alone() {
         let mut d = Decoder::new(Limits {
             max_frame: 16,
@@ -559,6 +622,10 @@ mod tests {
             }
         );
         assert_eq!(err.close_code(), 1009);
+        let mut d = Decoder::new(Limits {
+            max_frame: 16,
+            max_message: 16,
+        });
         let mut buf = BytesMut::from(&[0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0][..]);
         assert_eq!(d.decode(&mut buf).unwrap_err(), DecodeError::InvalidLength);
     }
