@@ -12,7 +12,7 @@ set -euo pipefail
 
 seconds="${1:-20}"
 sanitizer="${FUZZ_SANITIZER:-address}"
-targets=(frame_decoder header_block session inflate_differential)
+targets=(frame_decoder header_block session inflate_differential websocket_decoder)
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here/.."

@@ -4,6 +4,7 @@
 //! checking to the functions here, so the seed generator can run the same code.
 
 pub mod session;
+pub mod websocket;
 
 use bytes::BytesMut;
 use flate2::{Compress, Compression, FlushCompress};

@@ -1,6 +1,6 @@
 //! Writes the seed corpora under `fuzz/corpus/<target>/`.
 //!
-//! `cargo run --manifest-path fuzz/Cargo.toml --features gen-seeds --bin gen_seeds`
+//! `cargo run --manifest-path fuzz/Cargo.toml --features gen-seeds --bin gen_seeds [TARGET...]`
 //!
 //! Seeds are small files built from the golden vectors of protocol.md §1.5, from our own
 //! encoder and from zlib. The session seeds are opaque `arbitrary` byte strings, so they are
@@ -15,7 +15,9 @@ use bytes::{Bytes, BytesMut};
 use ws_spdy_bridge::spdy::deflate::HeaderDeflater;
 use ws_spdy_bridge::spdy::frame::Setting;
 use ws_spdy_bridge::spdy::{Encoder, Frame, GoAwayStatus, HeaderBlock, RstStatus};
+use ws_spdy_bridge::websocket::Opcode;
 use ws_spdy_bridge_fuzz::session::{Harness, Input};
+use ws_spdy_bridge_fuzz::websocket::{LengthForm, client_frame};
 use ws_spdy_bridge_fuzz::{Rng, ZlibBlocks};
 
 const PING_1: &str = "80 03 00 06 00 00 00 04 00 00 00 01";
@@ -343,26 +345,118 @@ fn session(dir: &Path) {
     println!("session seeds cover: {covered:?}");
 }
 
+/// Raw-mode header: pieces of 1..=`piece` bytes, max_frame 1 KiB, max_message 2 KiB.
+fn ws_raw(piece: u8, frames: &[Vec<u8>]) -> Vec<u8> {
+    with_prefix(&[0, piece - 1, 7, 128, 128], frames)
+}
+
+fn websocket_decoder(dir: &Path) {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let frame = |fin, opcode, payload: &[u8]| {
+        client_frame(fin, opcode, mask, payload, LengthForm::Shortest)
+    };
+    let binary: Vec<u8> = (0..200u8).collect();
+    write(
+        dir,
+        "binary_16bit_length_then_empty",
+        &ws_raw(
+            64,
+            &[
+                frame(true, Opcode::Binary, &binary),
+                frame(true, Opcode::Binary, b""),
+            ],
+        ),
+    );
+    write(
+        dir,
+        "fragmented_text_with_ping_between",
+        &ws_raw(
+            3,
+            &[
+                frame(false, Opcode::Text, b"Hel"),
+                frame(true, Opcode::Ping, b"are you there"),
+                frame(false, Opcode::Continuation, b"lo, "),
+                frame(true, Opcode::Continuation, b"world"),
+                frame(true, Opcode::Pong, b""),
+            ],
+        ),
+    );
+    let mut close = 1000u16.to_be_bytes().to_vec();
+    close.extend_from_slice(b"bye");
+    write(
+        dir,
+        "close_with_code_and_reason",
+        &ws_raw(1, &[frame(true, Opcode::Close, &close)]),
+    );
+    // A valid frame, then one without a mask: the decoder must refuse the second.
+    let mut unmasked = frame(true, Opcode::Binary, b"abc");
+    unmasked[1] &= 0x7f;
+    unmasked.truncate(2);
+    unmasked.extend_from_slice(b"abc");
+    write(
+        dir,
+        "invalid_unmasked_after_valid",
+        &ws_raw(5, &[frame(true, Opcode::Binary, b"ok"), unmasked]),
+    );
+    // Fragments that fit max_frame (64) but add up past max_message (96).
+    write(
+        dir,
+        "fragments_past_max_message",
+        &with_prefix(
+            &[0, 15, 9, 8, 6],
+            &[
+                frame(false, Opcode::Binary, &[1; 60]),
+                frame(false, Opcode::Continuation, &[2; 30]),
+                frame(true, Opcode::Continuation, &[3; 30]),
+            ],
+        ),
+    );
+    // Messages mode: a binary message in 3 fragments (16-bit lengths), a text message, a
+    // ping, a pong and a close with code 1001 and a reason.
+    let mut ops = vec![0x48, 40];
+    ops.extend(0..40u8);
+    ops.extend_from_slice(&[0x01, 5]);
+    ops.extend_from_slice(b"hello");
+    ops.extend_from_slice(&[0x02, 2, b'p', b'!', 0x13, 0, 0x04, 4, 1, b'b', b'y', b'e']);
+    write(
+        dir,
+        "messages_fragmented_and_control",
+        &with_prefix(&[1, 7, 42, 64, 16], &[ops]),
+    );
+}
+
+/// Writes one target's seeds into the directory given.
+type Generator = fn(&Path);
+
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus");
-    // Replace the seeds only; whatever else a local fuzz run left there stays.
-    for target in [
-        "frame_decoder",
-        "header_block",
-        "inflate_differential",
-        "session",
-    ] {
-        let Ok(entries) = fs::read_dir(root.join(target)) else {
+    let generators: [(&str, Generator); 5] = [
+        ("frame_decoder", frame_decoder),
+        ("header_block", header_block),
+        ("inflate_differential", inflate_differential),
+        ("session", session),
+        ("websocket_decoder", websocket_decoder),
+    ];
+    for (target, generate) in generators {
+        if !wanted(target) {
             continue;
-        };
-        for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with("seed_") {
-                fs::remove_file(entry.path()).unwrap();
+        }
+        let dir = root.join(target);
+        // Replace the seeds only; whatever else a local fuzz run left there stays.
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with("seed_") {
+                    fs::remove_file(entry.path()).unwrap();
+                }
             }
         }
+        generate(&dir);
     }
-    frame_decoder(&root.join("frame_decoder"));
-    header_block(&root.join("header_block"));
-    inflate_differential(&root.join("inflate_differential"));
-    session(&root.join("session"));
+}
+
+/// Whether `target`'s seeds are to be written: all of them, or those named on the command
+/// line.
+fn wanted(target: &str) -> bool {
+    let mut named = std::env::args().skip(1).peekable();
+    named.peek().is_none() || named.any(|t| t == target)
 }
