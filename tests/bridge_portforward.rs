@@ -879,9 +879,7 @@ async fn tiny_messages_are_coalesced_into_few_runtime_writes() {
         let cfg = TunnelConfig::default();
         let (client_io, bridge_io) = tokio::io::duplex(1 << 20);
         let (bridge_up, mut runtime) = tokio::io::duplex(1 << 20);
-        let server =
-            WebSocketStream::from_raw_socket(bridge_io, Role::Server, Some(cfg.websocket_config()))
-                .await;
+        let server = tunnel::accept(bridge_io, &cfg);
         let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
         let expected: Vec<u8> = (0..4000u32).map(|i| (i % 251) as u8).collect();
         for (i, piece) in expected.chunks(4).enumerate() {
@@ -905,6 +903,137 @@ async fn tiny_messages_are_coalesced_into_few_runtime_writes() {
         assert_eq!(stats.client_to_upstream, 4000);
         assert!(stats.upstream_writes <= 20, "{stats:?}");
         assert_eq!(stats.end, tunnel::TunnelEnd::ClientClosed);
+    })
+    .await
+}
+
+/// A tunnel between an in-memory client connection and an in-memory runtime: the client's
+/// end, the runtime's end and the running tunnel.
+fn tunnel_pair(cfg: TunnelConfig) -> (DuplexStream, DuplexStream, JoinHandle<tunnel::TunnelStats>) {
+    let (client_io, bridge_io) = tokio::io::duplex(1 << 20);
+    let (bridge_up, runtime) = tokio::io::duplex(1 << 20);
+    let server = tunnel::accept(bridge_io, &cfg);
+    let task =
+        tokio::spawn(async move { tunnel::run(server, bridge_up, Bytes::new(), &cfg).await });
+    (client_io, runtime, task)
+}
+
+/// No client-go peer pings in a tunnel, but a client that does gets a Pong with its Ping's
+/// payload, and the tunnel carries on.
+#[tokio::test]
+async fn tunnel_answers_a_ping_with_a_pong_carrying_its_payload() {
+    bounded(async {
+        let (client_io, mut runtime, task) = tunnel_pair(TunnelConfig::default());
+        let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+        client
+            .send(Message::Ping(Bytes::from_static(b"are you there")))
+            .await
+            .unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(1), client.next()).await;
+        assert!(
+            matches!(&reply, Ok(Some(Ok(Message::Pong(p)))) if &p[..] == b"are you there"),
+            "{reply:?}"
+        );
+        client
+            .send(Message::Binary(Bytes::from_static(b"still here")))
+            .await
+            .unwrap();
+        let mut got = [0u8; 10];
+        runtime.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"still here");
+        runtime.write_all(b"back").await.unwrap();
+        let back = tokio::time::timeout(Duration::from_secs(1), client.next()).await;
+        assert!(
+            matches!(&back, Ok(Some(Ok(Message::Binary(b)))) if &b[..] == b"back"),
+            "{back:?}"
+        );
+        client.close(None).await.unwrap();
+        assert_eq!(task.await.unwrap().end, tunnel::TunnelEnd::ClientClosed);
+    })
+    .await
+}
+
+/// The bridge's answer to a client's Close echoes its status code, or carries none when the
+/// client's had none (RFC 6455 §5.5.1).
+#[tokio::test]
+async fn tunnel_answers_a_client_close_with_a_close_echoing_its_code() {
+    bounded(async {
+        for sent in [
+            Some(CloseFrame {
+                code: CloseCode::Away,
+                reason: "bye".into(),
+            }),
+            None,
+        ] {
+            let (client_io, mut runtime, task) = tunnel_pair(TunnelConfig::default());
+            let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+            client.close(sent.clone()).await.unwrap();
+            let reply = tokio::time::timeout(Duration::from_secs(1), client.next()).await;
+            let Ok(Some(Ok(Message::Close(reply)))) = reply else {
+                panic!("no Close reply: {reply:?}");
+            };
+            assert_eq!(reply.map(|f| f.code), sent.map(|f| f.code));
+            assert!(
+                tokio::time::timeout(Duration::from_secs(1), runtime.read(&mut [0u8; 8]))
+                    .await
+                    .is_ok_and(|n| matches!(n, Ok(0) | Err(_))),
+                "runtime connection closed"
+            );
+            assert_eq!(task.await.unwrap().end, tunnel::TunnelEnd::ClientClosed);
+        }
+    })
+    .await
+}
+
+/// A client message over the tunnel's cap ends the tunnel with Close 1009, refused from its
+/// frame header.
+#[tokio::test]
+async fn oversized_client_message_closes_the_tunnel_with_1009() {
+    bounded(async {
+        let cfg = TunnelConfig {
+            max_message: 1024,
+            ..TunnelConfig::default()
+        };
+        let (client_io, _runtime, task) = tunnel_pair(cfg);
+        let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+        client
+            .send(Message::Binary(Bytes::from(vec![1u8; 4096])))
+            .await
+            .unwrap();
+        let (close, _) = loop {
+            match tokio::time::timeout(Duration::from_secs(1), client.next()).await {
+                Ok(Some(Ok(Message::Close(frame)))) => break (frame, ()),
+                Ok(Some(Ok(_))) => {}
+                other => panic!("no Close: {other:?}"),
+            }
+        };
+        assert_eq!(close.map(|f| f.code), Some(CloseCode::Size));
+        assert_eq!(
+            task.await.unwrap().end,
+            tunnel::TunnelEnd::ClientMessageTooBig
+        );
+    })
+    .await
+}
+
+/// A frame that breaks RFC 6455 (here: unmasked, as no client may send) ends the tunnel with
+/// the Close code the violation calls for, 1002.
+#[tokio::test]
+async fn websocket_protocol_violation_closes_the_tunnel_with_1002() {
+    bounded(async {
+        let (mut client_io, _runtime, task) = tunnel_pair(TunnelConfig::default());
+        client_io
+            .write_all(&[0x82, 0x02, b'h', b'i'])
+            .await
+            .unwrap();
+        let mut head = [0u8; 4];
+        client_io.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[0], 0x88, "a Close frame");
+        assert_eq!(u16::from_be_bytes([head[2], head[3]]), 1002);
+        assert_eq!(
+            task.await.unwrap().end,
+            tunnel::TunnelEnd::ClientProtocolError
+        );
     })
     .await
 }
@@ -1213,4 +1342,156 @@ async fn channel_mode_client_close_ends_the_runtime_session() {
         assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     })
     .await
+}
+
+/// Channel mode answers a client's Ping with a Pong carrying its payload, and the client's
+/// Close with a Close echoing its code.
+#[tokio::test]
+async fn channel_mode_answers_pings_and_echoes_the_client_close_code() {
+    bounded(async {
+        let env = Env::start().await;
+        let echo = echo_pod().await;
+        let path = format!("{}?ports={echo}", env.token_path(&[echo]));
+        let mut ws = upgrade(env.addr(), &path, Some("v4.channel.k8s.io"))
+            .await
+            .websocket()
+            .await;
+        for _ in 0..2 {
+            assert!(matches!(
+                next_message(&mut ws).await,
+                Some(Message::Binary(_))
+            ));
+        }
+        ws.send(Message::Ping(Bytes::from_static(b"p-1")))
+            .await
+            .unwrap();
+        assert_eq!(
+            next_message(&mut ws).await,
+            Some(Message::Pong(Bytes::from_static(b"p-1")))
+        );
+        ws.close(Some(CloseFrame {
+            code: CloseCode::Away,
+            reason: "done".into(),
+        }))
+        .await
+        .unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(2), ws.next()).await;
+        let Ok(Some(Ok(Message::Close(reply)))) = reply else {
+            panic!("no Close reply: {reply:?}");
+        };
+        assert_eq!(reply.map(|f| f.code), Some(CloseCode::Away));
+    })
+    .await
+}
+
+/// kubectl's upload pattern (4, 4 and 32 KiB messages, each with its own mask, some split into
+/// fragments, written in arbitrary pieces) and the runtime's echo, at once and at full speed:
+/// every byte comes back, in order, without a stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_both_ways_at_once_is_byte_exact_through_the_tunnel() {
+    const TOTAL: usize = 16 << 20;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (runtime, mut requests) = scripted_runtime().await;
+        let bridge = bridge(&runtime).await;
+        let client = tokio::spawn(upgrade(bridge.addr(), "/portforward/t", Some(TUNNEL)));
+        let mut received = next_request(&mut requests).await;
+        received.answer_101(Some("portforward.k8s.io"), b"").await;
+        tokio::spawn(async move {
+            let (mut rd, mut wr) = received.conn.into_split();
+            let _ = tokio::io::copy(&mut rd, &mut wr).await;
+        });
+        let answer = client.await.unwrap();
+        assert_eq!(answer.status, 101);
+        assert!(answer.leftover.is_empty());
+        let (mut rd, mut wr) = answer.stream.into_split();
+        let data = Arc::new(random_bytes(TOTAL, 7));
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            let mut rng = 0x1234_5678_9abc_def1u64;
+            let mut next = move || {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng
+            };
+            let mut at = 0;
+            let mut out = Vec::new();
+            while at < TOTAL {
+                out.clear();
+                for len in [4usize, 4, 32 * 1024] {
+                    let piece = &sent[at..(at + len).min(TOTAL)];
+                    at += piece.len();
+                    // Sometimes as two fragments, as gorilla writes a message larger than
+                    // its write buffer.
+                    let cut = if piece.len() > 1024 && next() % 4 == 0 {
+                        (next() as usize) % piece.len()
+                    } else {
+                        piece.len()
+                    };
+                    let parts: Vec<(u8, &[u8])> = if cut < piece.len() {
+                        vec![(0x02, &piece[..cut]), (0x80, &piece[cut..])]
+                    } else {
+                        vec![(0x82, piece)]
+                    };
+                    for (b0, part) in parts {
+                        let mask = (next() as u32).to_ne_bytes();
+                        out.push(b0);
+                        if part.len() < 126 {
+                            out.push(0x80 | part.len() as u8);
+                        } else {
+                            out.push(0x80 | 126);
+                            out.extend_from_slice(&(part.len() as u16).to_be_bytes());
+                        }
+                        out.extend_from_slice(&mask);
+                        out.extend(part.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+                    }
+                }
+                let mut rest = &out[..];
+                while !rest.is_empty() {
+                    let n = ((next() as usize) % (48 * 1024) + 1).min(rest.len());
+                    wr.write_all(&rest[..n]).await.unwrap();
+                    rest = &rest[n..];
+                }
+            }
+            wr
+        });
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut pending: Vec<u8> = Vec::new();
+        let mut got = 0usize;
+        while got < TOTAL {
+            let n = tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("stalled after {got} bytes"))
+                .unwrap();
+            assert!(n > 0, "tunnel ended after {got} bytes");
+            pending.extend_from_slice(&buf[..n]);
+            while let [b0, b1, ..] = pending[..] {
+                assert_eq!(b0, 0x82, "a final binary frame");
+                let (len, at) = match b1 {
+                    126 if pending.len() >= 4 => {
+                        (usize::from(u16::from_be_bytes([pending[2], pending[3]])), 4)
+                    }
+                    127 if pending.len() >= 10 => (
+                        u64::from_be_bytes(pending[2..10].try_into().unwrap()) as usize,
+                        10,
+                    ),
+                    126 | 127 => break,
+                    n => (usize::from(n), 2),
+                };
+                if pending.len() < at + len {
+                    break;
+                }
+                assert_eq!(
+                    &pending[at..at + len],
+                    &data[got..got + len],
+                    "bytes {got}.. differ"
+                );
+                got += len;
+                pending.drain(..at + len);
+            }
+        }
+        writer.await.unwrap();
+    })
+    .await
+    .expect("bulk transfer did not finish within 60 s");
 }

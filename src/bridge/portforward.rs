@@ -31,9 +31,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::bridge::passthrough::{self, redacted, status_response};
 use crate::channel::subprotocol::{self, PORT_FORWARD, TUNNEL_PREFIX};
@@ -42,6 +39,7 @@ use crate::metrics::{
 };
 use crate::status::REASON_INTERNAL_ERROR;
 use crate::upstream::{self, UpgradeRequest, UpstreamConfig, UpstreamError, UpstreamIo};
+use crate::websocket::{self, CloseFrame, Event, Limits, Reader, Writer};
 
 pub use channel::{
     ChannelConfig, ChannelEnd, ChannelStats, Codec, DataBytes, PortStats, PortsError,
@@ -57,8 +55,8 @@ pub const NO_TUNNEL_PROTOCOLS: &str = "unable to upgrade: no tunneling spdy prot
 pub struct PortForwardConfig {
     /// Connecting to the runtime and reading its answer. Default [`UpstreamConfig::default`].
     pub upstream: UpstreamConfig,
-    /// Tunnel mode, and the client WebSocket settings of both modes (read buffer, message
-    /// cap). Default [`TunnelConfig::default`].
+    /// Tunnel mode, and the client WebSocket limits of both modes (message and frame cap).
+    /// Default [`TunnelConfig::default`].
     pub tunnel: TunnelConfig,
     /// Channel mode. Default [`ChannelConfig::default`].
     pub channel: ChannelConfig,
@@ -128,7 +126,7 @@ struct ChannelWork {
     ports: Vec<u16>,
     codec: Codec,
     cfg: ChannelConfig,
-    ws: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
+    limits: Limits,
 }
 
 impl std::fmt::Debug for Session {
@@ -208,7 +206,7 @@ impl Session {
         };
         let report = match work {
             Work::Tunnel(cfg) => {
-                let ws = tunnel::accept(client, &cfg).await;
+                let ws = tunnel::accept(client, &cfg);
                 // Counted on the runtime's connection: what the tunnel wrote to it and read
                 // from it; the early bytes go to the client first, outside it.
                 let to_client = guard.bytes(Channel::Tunnel, Direction::RuntimeToClient);
@@ -222,9 +220,10 @@ impl Session {
                     ports,
                     codec,
                     cfg,
-                    ws,
+                    limits,
                 } = *work;
-                let ws = WebSocketStream::from_raw_socket(client, Role::Server, Some(ws)).await;
+                // hyper's upgraded connection replays what it read past the request itself.
+                let ws = websocket::server(client, Bytes::new(), limits);
                 let bytes = DataBytes {
                     client_to_runtime: guard.bytes(Channel::Data, Direction::ClientToRuntime),
                     runtime_to_client: guard.bytes(Channel::Data, Direction::RuntimeToClient),
@@ -391,7 +390,7 @@ pub async fn serve(
                 ports,
                 codec,
                 cfg: cfg.channel.clone(),
-                ws: cfg.tunnel.websocket_config(),
+                limits: cfg.tunnel.limits(),
             }));
             (protocol.map(str::to_owned), work)
         }
@@ -404,7 +403,8 @@ pub async fn serve(
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(
         header::SEC_WEBSOCKET_ACCEPT,
-        HeaderValue::from_str(&derive_accept_key(&key)).expect("base64 is a valid header value"),
+        HeaderValue::from_str(&websocket::accept_key(&key))
+            .expect("base64 is a valid header value"),
     );
     if let Some(protocol) = answer.and_then(|p| HeaderValue::from_str(&p).ok()) {
         headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
@@ -498,6 +498,36 @@ fn check_handshake(req: &Request<Incoming>) -> Result<Vec<u8>, BadHandshake> {
         .get(header::SEC_WEBSOCKET_KEY)
         .map(|k| k.as_bytes().to_vec())
         .ok_or(BadHandshake::NoKey)
+}
+
+/// Ends a client connection from the bridge's side: sends the Close `frame` (an empty Close
+/// for `None`) after the frame in progress; with `reader`, reads (and discards) until the
+/// client's Close reply or EOF, so that the TCP close does not reset a client still sending;
+/// then shuts the connection down. Each step is bounded by `limit`.
+async fn close_client<R, W>(
+    writer: &mut Writer<W>,
+    reader: Option<&mut Reader<R>>,
+    frame: Option<CloseFrame>,
+    limit: std::time::Duration,
+) where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let sent = tokio::time::timeout(limit, writer.send_close(frame.as_ref())).await;
+    if !matches!(sent, Ok(Ok(()))) {
+        return;
+    }
+    if let Some(reader) = reader {
+        let _ = tokio::time::timeout(limit, async {
+            while let Some(Ok(event)) = reader.next().await {
+                if matches!(event, Event::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    let _ = tokio::time::timeout(limit, writer.shutdown()).await;
 }
 
 /// What the client gets when the runtime did not switch protocols (protocol.md §7.2 step 5):

@@ -16,28 +16,37 @@
 //! server. A port whose forward fails gets its error text on its error channel and its own
 //! streams reset; the other ports and the SPDY session carry on. Client bytes for a port that
 //! has ended, for an error channel, or for an unknown channel are dropped.
+//!
+//! Client payloads reach the data streams as slices of the client connection's read buffer, and
+//! runtime bytes go to the client with the channel byte written between the frame header and
+//! the payload: neither direction copies in the binary codec. A client's Ping is answered with
+//! a Pong ahead of the next queued message; a client's Close with a Close echoing its code; a
+//! client breaking RFC 6455 with the Close code its [`DecodeError`] names.
 
+use std::io;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use futures_util::{SinkExt, StreamExt};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::channel::subprotocol;
 use crate::connection::{self, ConnectionConfig, Handle, StreamReader};
 use crate::metrics::ByteCounter;
 use crate::spdy::{HeaderBlock, RstStatus};
 use crate::upstream::UpstreamIo;
+use crate::websocket::{
+    CloseFrame, DecodeError, Event, Opcode, ReadError, Reader, Writer, close_code,
+};
+
+use super::close_client;
 
 /// Default [`ChannelConfig::max_ports`]: 128, the most whose channels (`2i`, `2i+1`) fit in
 /// the one-byte channel number.
@@ -118,20 +127,33 @@ impl Codec {
     }
 }
 
+/// A message for the client, as [`Writer::start`] takes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    pub opcode: Opcode,
+    /// Written between the frame header and `payload` (binary codec), so that the payload
+    /// is never copied to put the channel in front of it.
+    pub channel: Option<u8>,
+    pub payload: Bytes,
+}
+
 /// One message on `channel` carrying `payload`.
-pub fn encode(codec: Codec, channel: u8, payload: &[u8]) -> Message {
+pub fn encode(codec: Codec, channel: u8, payload: Bytes) -> Outgoing {
     match codec {
-        Codec::Binary => {
-            let mut msg = BytesMut::with_capacity(1 + payload.len());
-            msg.extend_from_slice(&[channel]);
-            msg.extend_from_slice(payload);
-            Message::Binary(msg.freeze())
-        }
+        Codec::Binary => Outgoing {
+            opcode: Opcode::Binary,
+            channel: Some(channel),
+            payload,
+        },
         Codec::Base64 => {
             let mut text = String::with_capacity(1 + payload.len().div_ceil(3) * 4);
             text.push(char::from(b'0'.wrapping_add(channel)));
-            STANDARD.encode_string(payload, &mut text);
-            Message::Text(text.into())
+            STANDARD.encode_string(&payload, &mut text);
+            Outgoing {
+                opcode: Opcode::Text,
+                channel: None,
+                payload: Bytes::from(text),
+            }
         }
     }
 }
@@ -157,12 +179,13 @@ pub fn decode(codec: Codec, msg: Bytes) -> Option<(u8, Bytes)> {
 ///  port 8080 as port #0:  00 90 1f    01 90 1f
 ///  port 9090 as port #1:  02 82 23    03 82 23
 /// ```
-pub fn initial_messages(ports: &[u16], codec: Codec) -> Vec<Message> {
+pub fn initial_messages(ports: &[u16], codec: Codec) -> Vec<Outgoing> {
     let mut out = Vec::with_capacity(ports.len() * 2);
     for (i, port) in ports.iter().enumerate() {
         let data = data_channel(i);
-        out.push(encode(codec, data, &port.to_le_bytes()));
-        out.push(encode(codec, data + 1, &port.to_le_bytes()));
+        let le = Bytes::copy_from_slice(&port.to_le_bytes());
+        out.push(encode(codec, data, le.clone()));
+        out.push(encode(codec, data + 1, le));
     }
     out
 }
@@ -271,7 +294,7 @@ fn percent_decode(s: &str) -> String {
 pub enum ChannelEnd {
     /// Every port's forward ended; the client got Close 1000.
     PortsDone,
-    /// The client sent a Close frame or went away first.
+    /// The client sent a Close frame, broke the WebSocket protocol, or went away first.
     ClientGone,
 }
 
@@ -320,11 +343,12 @@ pub struct DataBytes {
     pub runtime_to_client: ByteCounter,
 }
 
-/// Runs a channel-mode session: `ws` is the client (server role, 101 already sent with the
-/// sub-protocol of `codec`), `io` and `leftover` the runtime connection upgraded to SPDY
-/// `portforward.k8s.io`, `ports` the ports to forward (at most [`DEFAULT_MAX_PORTS`]).
-pub async fn run<S>(
-    ws: WebSocketStream<S>,
+/// Runs a channel-mode session: `client` is the client connection's halves (server role, 101
+/// already sent with the sub-protocol of `codec`), `io` and `leftover` the runtime connection
+/// upgraded to SPDY `portforward.k8s.io`, `ports` the ports to forward (at most
+/// [`DEFAULT_MAX_PORTS`]).
+pub async fn run<R, W>(
+    client: (Reader<R>, Writer<W>),
     io: UpstreamIo,
     leftover: Bytes,
     ports: Vec<u16>,
@@ -333,24 +357,29 @@ pub async fn run<S>(
     bytes: &DataBytes,
 ) -> ChannelStats
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
 {
+    let (mut reader, mut writer) = client;
     let (handle, _incoming) = connection::spawn(io, leftover, cfg.connection.clone());
-    let (mut sink, mut stream) = ws.split();
     let mut stats = ChannelStats {
         client_bytes: 0,
         ports: Vec::new(),
         end: ChannelEnd::ClientGone,
     };
 
-    let mut initial =
-        futures_util::stream::iter(initial_messages(&ports, codec).into_iter().map(Ok));
-    if sink.send_all(&mut initial).await.is_err() {
-        handle.close().await;
-        return stats;
+    for msg in initial_messages(&ports, codec) {
+        if writer
+            .send(msg.opcode, msg.channel, msg.payload)
+            .await
+            .is_err()
+        {
+            handle.close().await;
+            return stats;
+        }
     }
 
-    let (out_tx, mut out_rx) = mpsc::channel::<Message>(OUT_QUEUE);
+    let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(OUT_QUEUE);
     let mut inputs = Vec::with_capacity(ports.len());
     let mut forwards = FuturesUnordered::new();
     for (i, &port) in ports.iter().enumerate() {
@@ -368,8 +397,11 @@ where
     }
     drop(out_tx);
 
+    // The reader hands a Ping's payload to the writer here rather than through the data
+    // queue, so a Pong never waits behind queued data (nor the reader behind a full queue).
+    let pong = Pong::default();
     let ports_done = {
-        let reader = read_client(&mut stream, &inputs, codec, &mut stats.client_bytes);
+        let reader = read_client(&mut reader, &inputs, codec, &pong, &mut stats.client_bytes);
         let ports_and_writer = async {
             let collect = async {
                 let mut done = Vec::new();
@@ -379,80 +411,158 @@ where
                 done
             };
             // Ends once every forward has ended and its messages are out.
-            let writer = async {
-                while let Some(msg) = out_rx.recv().await {
-                    sink.feed(msg).await?;
-                    while let Ok(msg) = out_rx.try_recv() {
-                        sink.feed(msg).await?;
+            let write = async {
+                loop {
+                    if let Some(payload) = pong.take() {
+                        writer.send(Opcode::Pong, None, payload).await?;
+                        continue;
                     }
-                    sink.flush().await?;
+                    tokio::select! {
+                        biased;
+                        () = pong.owed.notified() => {}
+                        msg = out_rx.recv() => match msg {
+                            Some(msg) => writer.send(msg.opcode, msg.channel, msg.payload).await?,
+                            None => return Ok::<(), io::Error>(()),
+                        },
+                    }
                 }
-                Ok::<(), tokio_tungstenite::tungstenite::Error>(())
             };
-            let (done, written) = futures_util::future::join(collect, writer).await;
+            let (done, written) = futures_util::future::join(collect, write).await;
             (done, written.is_ok())
         };
         tokio::select! {
-            () = reader => None,
-            done = ports_and_writer => Some(done),
+            left = reader => Err(left),
+            done = ports_and_writer => Ok(done),
         }
     };
     drop(inputs);
 
     match ports_done {
-        Some((done, client_ok)) => {
+        Ok((done, client_ok)) => {
             stats.ports = done;
             stats.end = ChannelEnd::PortsDone;
             // The client learns at once; the runtime session (nothing open on it any more)
             // ends while the client answers the Close.
             let client = async {
-                if !client_ok {
-                    return;
-                }
-                let close = CloseFrame {
-                    code: CloseCode::Normal,
-                    reason: "".into(),
-                };
-                let sent =
-                    tokio::time::timeout(cfg.close_timeout, sink.send(Message::Close(Some(close))))
-                        .await;
-                if matches!(sent, Ok(Ok(()))) {
-                    // Wait for the client's Close reply, so that our TCP close does not reset
-                    // a client still sending.
-                    let _ = tokio::time::timeout(cfg.close_timeout, async {
-                        while let Some(Ok(_)) = stream.next().await {}
-                    })
+                if client_ok {
+                    let close = CloseFrame {
+                        code: close_code::NORMAL,
+                        reason: String::new(),
+                    };
+                    close_client(
+                        &mut writer,
+                        Some(&mut reader),
+                        Some(close),
+                        cfg.close_timeout,
+                    )
                     .await;
                 }
             };
             futures_util::future::join(client, handle.close()).await;
         }
-        None => {
-            // The client left: every stream is reset and the session ends (GOAWAY).
+        Err(left) => {
+            // The client left: every stream is reset and the session ends (GOAWAY), while the
+            // client gets its answer.
             drop(forwards);
-            handle.close().await;
-            let _ = tokio::time::timeout(cfg.close_timeout, sink.close()).await;
+            let client = async {
+                match left {
+                    // RFC 6455 §5.5.1: the reply echoes the client's status code.
+                    ClientLeft::Closed(code) => {
+                        let reply = code.map(|code| CloseFrame {
+                            code,
+                            reason: String::new(),
+                        });
+                        close_client(
+                            &mut writer,
+                            None::<&mut Reader<R>>,
+                            reply,
+                            cfg.close_timeout,
+                        )
+                        .await;
+                    }
+                    // The client's bytes are no longer frames: no Close reply to wait for.
+                    ClientLeft::Broke(e) => {
+                        let refusal = CloseFrame {
+                            code: e.close_code(),
+                            reason: e.to_string(),
+                        };
+                        close_client(
+                            &mut writer,
+                            None::<&mut Reader<R>>,
+                            Some(refusal),
+                            cfg.close_timeout,
+                        )
+                        .await;
+                    }
+                    ClientLeft::Gone => {}
+                }
+            };
+            futures_util::future::join(client, handle.close()).await;
         }
     }
     stats
 }
 
-/// Reads client messages and hands data-channel payloads to their port's forward, until the
-/// client sends a Close or goes away.
-async fn read_client<S>(
-    stream: &mut futures_util::stream::SplitStream<WebSocketStream<S>>,
+/// The Pong the writer owes the client: the latest Ping's payload (only the latest needs an
+/// answer, RFC 6455 §5.5.3).
+#[derive(Default)]
+struct Pong {
+    payload: Mutex<Option<Bytes>>,
+    owed: Notify,
+}
+
+impl Pong {
+    fn owe(&self, payload: Bytes) {
+        *self.payload.lock().unwrap_or_else(|e| e.into_inner()) = Some(payload);
+        self.owed.notify_one();
+    }
+
+    fn take(&self) -> Option<Bytes> {
+        self.payload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+}
+
+/// How the client side of a session ended.
+enum ClientLeft {
+    /// A Close frame, with its status code if it had one.
+    Closed(Option<u16>),
+    /// A frame the decoder refused.
+    Broke(DecodeError),
+    /// EOF or an I/O error, without a Close.
+    Gone,
+}
+
+/// Reads client messages and hands data-channel payloads to their port's forward, and Pings to
+/// the writer, until the client sends a Close, breaks the protocol or goes away.
+async fn read_client<R>(
+    reader: &mut Reader<R>,
     inputs: &[mpsc::Sender<Bytes>],
     codec: Codec,
+    pong: &Pong,
     received: &mut u64,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
+) -> ClientLeft
+where
+    R: AsyncRead + Unpin,
 {
-    while let Some(msg) = stream.next().await {
-        let bytes = match msg {
-            Ok(Message::Binary(b)) => b,
-            Ok(Message::Text(t)) => Bytes::from(t),
-            Ok(Message::Close(_)) | Err(_) => return,
-            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
+    loop {
+        // Text and binary alike: the kubelet's WebSocket server reads both as bytes.
+        let bytes = match reader.next().await {
+            Some(Ok(Event::Message { payload, .. })) => payload,
+            // Copied: the payload is a slice of the client's read buffer, which would stay
+            // allocated as long as the Pong waits.
+            Some(Ok(Event::Ping(payload))) => {
+                pong.owe(Bytes::copy_from_slice(&payload));
+                continue;
+            }
+            Some(Ok(Event::Pong(_))) => continue,
+            Some(Ok(Event::Close(frame))) => return ClientLeft::Closed(frame.map(|f| f.code)),
+            Some(Err(ReadError::Protocol(e))) => return ClientLeft::Broke(e),
+            Some(Err(ReadError::Io(_) | ReadError::TruncatedFrame)) | None => {
+                return ClientLeft::Gone;
+            }
         };
         let Some((channel, payload)) = decode(codec, bytes) else {
             continue;
@@ -476,7 +586,7 @@ async fn forward(
     index: usize,
     port: u16,
     handle: &Handle,
-    out: mpsc::Sender<Message>,
+    out: mpsc::Sender<Outgoing>,
     mut input: mpsc::Receiver<Bytes>,
     (codec, bytes): (Codec, &DataBytes),
     cfg: &ChannelConfig,
@@ -496,7 +606,7 @@ async fn forward(
             .with("requestid", index.to_string())
     };
     let report = |text: String| {
-        let msg = encode(codec, error_ch, text.as_bytes());
+        let msg = encode(codec, error_ch, Bytes::from(text.clone()));
         let out = out.clone();
         async move {
             let _ = out.send(msg).await;
@@ -542,11 +652,12 @@ async fn forward(
         };
         let to_client = async {
             while let Some(piece) = data_reader.recv().await {
-                stats.runtime_to_client += piece.len() as u64;
-                if out.send(encode(codec, data_ch, &piece)).await.is_err() {
+                let len = piece.len() as u64;
+                stats.runtime_to_client += len;
+                if out.send(encode(codec, data_ch, piece)).await.is_err() {
                     break;
                 }
-                bytes.runtime_to_client.add(piece.len() as u64);
+                bytes.runtime_to_client.add(len);
             }
         };
         tokio::select! {
@@ -617,7 +728,11 @@ mod tests {
     #[test]
     fn initial_messages_carry_each_port_little_endian_on_data_then_error() {
         let msgs = initial_messages(&[8080, 9090], Codec::Binary);
-        let raw: Vec<Vec<u8>> = msgs.into_iter().map(|m| m.into_data().to_vec()).collect();
+        assert!(msgs.iter().all(|m| m.opcode == Opcode::Binary));
+        let raw: Vec<Vec<u8>> = msgs
+            .iter()
+            .map(|m| [&[m.channel.unwrap()][..], &m.payload].concat())
+            .collect();
         assert_eq!(
             raw,
             vec![
@@ -631,12 +746,16 @@ mod tests {
 
     #[test]
     fn base64_messages_are_text_with_a_channel_character() {
+        let text = |payload: &'static str| Outgoing {
+            opcode: Opcode::Text,
+            channel: None,
+            payload: Bytes::from_static(payload.as_bytes()),
+        };
         let msgs = initial_messages(&[8080], Codec::Base64);
-        assert_eq!(msgs[0], Message::Text("0kB8=".into()));
-        assert_eq!(msgs[1], Message::Text("1kB8=".into()));
+        assert_eq!(msgs, vec![text("0kB8="), text("1kB8=")]);
         assert_eq!(
-            encode(Codec::Base64, 10, b"hi"),
-            Message::Text(":aGk=".into())
+            encode(Codec::Base64, 10, Bytes::from_static(b"hi")),
+            text(":aGk=")
         );
         assert_eq!(
             decode(Codec::Base64, Bytes::from_static(b"2aGk=")),

@@ -7,25 +7,31 @@
 //! ```
 //!
 //! One task, one future: both directions are polled by the same `poll_fn`, so an idle tunnel
-//! is a parked task, two sockets and tungstenite's small read buffer: no channels, no extra
-//! tasks, and no buffers of ours (they exist only while bytes move).
+//! is a parked task and two sockets: no channels, no extra tasks, and no buffers (they exist
+//! only while bytes move; the client connection's [`Reader`] releases its read buffer whenever
+//! the client goes quiet).
 //!
 //! * **Client → runtime.** Message boundaries mean nothing (spdystream writes every frame field
 //!   as its own message). Messages that are ready together are queued (up to
 //!   [`TunnelConfig::max_coalesce`] bytes) and written with one vectored write when no further
 //!   message is immediately ready, so kubectl's 4-byte messages do not become 4-byte TCP writes.
+//!   The queued payloads are the client's frames, unmasked where they were read: no copy.
 //!   Empty messages are skipped; a text message is a protocol error (client-go's reader fails
-//!   on one too). A full queue stops reading the client: back-pressure, never drop. During bulk
-//!   uploads [`ReadAhead`] reads the client socket in large reads, so tungstenite's small read
-//!   buffer does not cost a read call per few KiB.
-//! * **Runtime → client.** Each read becomes one binary message. The read buffer follows the
-//!   traffic: twice the last read, between [`TunnelConfig::min_upstream_read`] and
-//!   [`TunnelConfig::max_upstream_read`]. It is allocated per read, freed once tungstenite has
-//!   framed its bytes, and freed as well when the read finds nothing, so a quiet tunnel holds
-//!   no read buffer at all.
+//!   on one too). A full queue stops reading the client: back-pressure, never drop.
+//! * **Runtime → client.** Each read becomes one binary message, written as one vectored write
+//!   of its frame header and the read buffer itself. The read buffer follows the traffic: twice
+//!   the last read, between [`TunnelConfig::min_upstream_read`] and
+//!   [`TunnelConfig::max_upstream_read`]. It is allocated per read, freed once written, and
+//!   freed as well when the read finds nothing, so a quiet tunnel holds no read buffer at all.
+//!   One message is written while at most one more read waits for it.
+//! * **Control frames.** No client-go peer pings in a tunnel (§7.2), but other clients may: a
+//!   Ping is answered with a Pong carrying its payload, ahead of the next data message. A
+//!   client's Pong is ignored.
 //! * **End.** Either side ending ends both, as the API server's tunnel does: a client Close or
-//!   EOF closes the runtime connection (after writing what was queued); a runtime EOF or error
-//!   becomes Close 1000 to the client; a text message becomes Close 1002.
+//!   EOF closes the runtime connection (after writing what was queued), and a Close is answered
+//!   with a Close echoing its code; a runtime EOF or error becomes Close 1000 to the client; a
+//!   text message becomes Close 1002, a message over [`TunnelConfig::max_message`] Close 1009,
+//!   any other break of RFC 6455 the code its [`DecodeError`] names.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -35,17 +41,14 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
-/// Default [`TunnelConfig::read_buffer_size`]: 4 KiB.
-pub const DEFAULT_READ_BUFFER_SIZE: usize = 4 * 1024;
-/// Default [`TunnelConfig::read_ahead`]: 64 KiB.
-pub const DEFAULT_READ_AHEAD: usize = 64 * 1024;
+use crate::websocket::{
+    self, CloseFrame, DecodeError, Event, Limits, Opcode, ReadError, Reader, Writer, close_code,
+};
+
+use super::close_client;
+
 /// Default [`TunnelConfig::max_upstream_read`]: 32 KiB, the API server's copy buffer.
 pub const DEFAULT_MAX_UPSTREAM_READ: usize = 32 * 1024;
 /// Default [`TunnelConfig::min_upstream_read`]: 1 KiB.
@@ -60,23 +63,16 @@ pub const DEFAULT_MAX_MESSAGE: usize = 32 * 1024 * 1024;
 /// Pieces handed to one vectored write. Linux takes 1024; 64 is plenty for coalescing.
 const MAX_PIECES: usize = 64;
 
+/// The Close reason for a text message in a tunnel.
+const TEXT_IN_TUNNEL: &str = "only binary messages are allowed in a tunnel";
+
 /// How a tunnel buffers and ends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TunnelConfig {
-    /// tungstenite's read buffer for the client connection, in bytes: allocated when the
-    /// tunnel starts, held for its life, and the most tungstenite asks for per read. Small
-    /// keeps idle tunnels cheap; [`read_ahead`](Self::read_ahead) makes up for it on bulk
-    /// uploads. Default [`DEFAULT_READ_BUFFER_SIZE`] (4 KiB).
-    pub read_buffer_size: usize,
-    /// Read-ahead for bulk uploads, in bytes: once reads from the client come back full, the
-    /// client socket is read this much at a time and tungstenite served from memory, so an
-    /// upload costs one read call per this many bytes instead of one per read buffer. The
-    /// buffer exists only while data is waiting; 0 turns read-ahead off. Default
-    /// [`DEFAULT_READ_AHEAD`] (64 KiB).
-    pub read_ahead: usize,
     /// Largest client message (and frame) accepted, in bytes; a larger one ends the tunnel
-    /// (Close 1009). kubectl's are at most a SPDY frame's payload (32 KiB). Default
-    /// [`DEFAULT_MAX_MESSAGE`] (32 MiB, the bridge-wide cap).
+    /// (Close 1009), refused from its frame header before anything of it is buffered.
+    /// kubectl's are at most a SPDY frame's payload (32 KiB). Default [`DEFAULT_MAX_MESSAGE`]
+    /// (32 MiB, the bridge-wide cap).
     pub max_message: usize,
     /// Largest read from the runtime, hence the largest message sent to the client, in bytes.
     /// Default [`DEFAULT_MAX_UPSTREAM_READ`] (32 KiB).
@@ -95,8 +91,6 @@ pub struct TunnelConfig {
 impl Default for TunnelConfig {
     fn default() -> Self {
         TunnelConfig {
-            read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
-            read_ahead: DEFAULT_READ_AHEAD,
             max_message: DEFAULT_MAX_MESSAGE,
             max_upstream_read: DEFAULT_MAX_UPSTREAM_READ,
             min_upstream_read: DEFAULT_MIN_UPSTREAM_READ,
@@ -107,142 +101,25 @@ impl Default for TunnelConfig {
 }
 
 impl TunnelConfig {
-    /// tungstenite's settings for the client connection: the read buffer, the message cap,
-    /// and no write buffering (every message goes out at once; the upstream reads already
-    /// batch).
-    pub fn websocket_config(&self) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-            .read_buffer_size(self.read_buffer_size.max(64))
-            .write_buffer_size(0)
-            .max_message_size(Some(self.max_message))
-            .max_frame_size(Some(self.max_message))
+    /// The client connection's limits: [`max_message`](Self::max_message) for messages and,
+    /// as for the API server's gorilla reader, for single frames too.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_frame: self.max_message,
+            max_message: self.max_message,
+        }
     }
 }
 
-/// Makes the tunnel's WebSocket (server role) on the upgraded client connection `io`, with
-/// [`TunnelConfig::read_ahead`] in front of tungstenite's small read buffer.
-pub async fn accept<S>(io: S, cfg: &TunnelConfig) -> WebSocketStream<ReadAhead<S>>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    WebSocketStream::from_raw_socket(
-        ReadAhead::new(io, cfg.read_ahead),
-        tokio_tungstenite::tungstenite::protocol::Role::Server,
-        Some(cfg.websocket_config()),
-    )
-    .await
-}
-
-/// A connection whose reads switch to large read-ahead reads while data keeps coming.
+/// The upgraded client connection `io` as the tunnel's WebSocket halves (server role).
 ///
-/// tungstenite reads at most its read buffer (a few KiB) per call. While reads come back full,
-/// more is waiting: then the socket is read up to `max` bytes at a time into a buffer of our
-/// own (not zero-filled) and tungstenite's reads are served from it. The buffer is freed as
-/// soon as a read finds nothing, so an idle connection holds none; small reads go straight to
-/// the caller's buffer. Writes pass through.
-#[derive(Debug)]
-pub struct ReadAhead<S> {
-    inner: S,
-    buf: Vec<u8>,
-    /// Start of the unread bytes in `buf`.
-    pos: usize,
-    max: usize,
-    /// The last direct read filled the caller's buffer: read ahead next time.
-    bulk: bool,
-}
-
-impl<S> ReadAhead<S> {
-    /// Wraps `inner`; `max` 0 passes reads straight through.
-    pub fn new(inner: S, max: usize) -> Self {
-        ReadAhead {
-            inner,
-            buf: Vec::new(),
-            pos: 0,
-            max,
-            bulk: false,
-        }
-    }
-
-    /// Bytes read ahead and not yet taken.
-    fn buffered(&self) -> &[u8] {
-        &self.buf[self.pos..]
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.buffered().is_empty() {
-            if !this.bulk || this.max <= out.remaining() {
-                let before = out.filled().len();
-                let wanted = out.remaining();
-                ready!(Pin::new(&mut this.inner).poll_read(cx, out))?;
-                this.bulk = this.max > 0 && out.filled().len() - before == wanted && wanted > 0;
-                return Poll::Ready(Ok(()));
-            }
-            this.buf.clear();
-            this.pos = 0;
-            if this.buf.capacity() < this.max {
-                this.buf.reserve_exact(this.max);
-            }
-            match tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.buf) {
-                Poll::Pending => {
-                    // Nothing waiting: the upload paused; hold no buffer while it does.
-                    this.buf = Vec::new();
-                    this.bulk = false;
-                    return Poll::Pending;
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(n)) => {
-                    // A short read means the sender is not ahead of us: back to direct reads
-                    // once this is used up.
-                    this.bulk = n >= this.max / 2;
-                }
-            }
-        }
-        let take = this.buffered().len().min(out.remaining());
-        out.put_slice(&this.buf[this.pos..this.pos + take]);
-        this.pos += take;
-        if this.pos == this.buf.len() && !this.bulk {
-            this.buf = Vec::new();
-            this.pos = 0;
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
+/// hyper's upgraded connection replays whatever it read past the request itself, so nothing
+/// is left over here.
+pub fn accept<S>(io: S, cfg: &TunnelConfig) -> (Reader<ReadHalf<S>>, Writer<WriteHalf<S>>)
+where
+    S: AsyncRead + AsyncWrite,
+{
+    websocket::server(io, Bytes::new(), cfg.limits())
 }
 
 /// Why a tunnel ended, and whose doing it was.
@@ -304,19 +181,22 @@ pub struct TunnelStats {
     pub end: TunnelEnd,
 }
 
-/// Runs a tunnel between the upgraded client connection `ws` (server role) and the runtime's
-/// upgraded connection `upstream`, whose first bytes, read along with its 101, are `prefix`.
-/// Returns when both connections are closed.
-pub async fn run<C, U>(
-    mut ws: WebSocketStream<C>,
+/// Runs a tunnel between the client connection's halves `client` (from [`accept`]) and the
+/// runtime's upgraded connection `upstream`, whose first bytes, read along with its 101, are
+/// `prefix`. Returns when both connections are closed.
+pub async fn run<R, W, U>(
+    client: (Reader<R>, Writer<W>),
     upstream: U,
     prefix: Bytes,
     cfg: &TunnelConfig,
 ) -> TunnelStats
 where
-    C: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
+    let (mut reader, writer) = client;
+    let mut out = ToClient { writer, pong: None };
     let mut upstream = upstream;
     let mut up = ClientToUpstream::new(cfg);
     let mut down = UpstreamToClient::new(cfg, prefix);
@@ -327,15 +207,23 @@ where
         // cooperative budget every time and starve the other.
         client_first = !client_first;
         if client_first {
-            if let Poll::Ready(end) = up.poll(cx, &mut ws, Pin::new(&mut upstream)) {
+            if let Poll::Ready(end) = up.poll(cx, &mut reader, &mut out, Pin::new(&mut upstream)) {
                 return Poll::Ready(end);
             }
-            down.poll(cx, &mut ws, Pin::new(&mut upstream))
+            down.poll(cx, &mut out, Pin::new(&mut upstream))
         } else {
-            if let Poll::Ready(end) = down.poll(cx, &mut ws, Pin::new(&mut upstream)) {
+            if let Poll::Ready(end) = down.poll(cx, &mut out, Pin::new(&mut upstream)) {
                 return Poll::Ready(end);
             }
-            up.poll(cx, &mut ws, Pin::new(&mut upstream))
+            if let Poll::Ready(end) = up.poll(cx, &mut reader, &mut out, Pin::new(&mut upstream)) {
+                return Poll::Ready(end);
+            }
+            if out.pong.is_some() {
+                // A Ping was just read: its Pong goes out now, not whenever the runtime next
+                // sends something.
+                return down.poll(cx, &mut out, Pin::new(&mut upstream));
+            }
+            Poll::Pending
         }
     })
     .await;
@@ -351,26 +239,45 @@ where
             .await;
             drop(upstream);
             if end == TunnelEnd::ClientClosed {
-                // Sends tungstenite's queued reply to the client's Close, then ends.
-                let _ = tokio::time::timeout(cfg.close_timeout, SinkExt::close(&mut ws)).await;
+                // RFC 6455 §5.5.1: the reply echoes the client's status code (none if none).
+                let reply = up.close_reply.map(|code| CloseFrame {
+                    code,
+                    reason: String::new(),
+                });
+                close_client(
+                    &mut out.writer,
+                    None::<&mut Reader<R>>,
+                    reply,
+                    cfg.close_timeout,
+                )
+                .await;
             }
         }
         TunnelEnd::ClientProtocolError | TunnelEnd::ClientMessageTooBig => {
             drop(upstream);
-            let (code, reason) = if end == TunnelEnd::ClientMessageTooBig {
-                (CloseCode::Size, "message too big")
-            } else {
-                (
-                    CloseCode::Protocol,
-                    "only binary messages are allowed in a tunnel",
-                )
-            };
-            close_client(&mut ws, code, reason, cfg.close_timeout).await;
+            let frame = up.refusal.take().unwrap_or(CloseFrame {
+                code: close_code::PROTOCOL_ERROR,
+                reason: String::new(),
+            });
+            // After a frame the decoder refused, the client's bytes are no longer frames:
+            // there is no Close reply to wait for.
+            let reader = up.readable.then_some(&mut reader);
+            close_client(&mut out.writer, reader, Some(frame), cfg.close_timeout).await;
         }
         TunnelEnd::UpstreamClosed | TunnelEnd::UpstreamFailed(_) => {
             drop(upstream);
             // client-go reads Close 1000 as EOF (protocol.md §7.2).
-            close_client(&mut ws, CloseCode::Normal, "", cfg.close_timeout).await;
+            let frame = CloseFrame {
+                code: close_code::NORMAL,
+                reason: String::new(),
+            };
+            close_client(
+                &mut out.writer,
+                Some(&mut reader),
+                Some(frame),
+                cfg.close_timeout,
+            )
+            .await;
         }
     }
 
@@ -384,25 +291,28 @@ where
     }
 }
 
-/// Sends a Close frame, then reads (and discards) until the client's Close reply or EOF, so
-/// that the TCP close does not reset a client still sending; each step bounded by `limit`.
-async fn close_client<C>(
-    ws: &mut WebSocketStream<C>,
-    code: CloseCode,
-    reason: &str,
-    limit: Duration,
-) where
-    C: AsyncRead + AsyncWrite + Unpin,
-{
-    let frame = CloseFrame {
-        code,
-        reason: reason.into(),
-    };
-    let sent = tokio::time::timeout(limit, ws.send(Message::Close(Some(frame)))).await;
-    if !matches!(sent, Ok(Ok(()))) {
-        return;
+/// The client connection's writing half, and the Pong it owes.
+struct ToClient<W> {
+    writer: Writer<W>,
+    /// The payload of the latest Ping not yet answered (only the latest needs an answer,
+    /// RFC 6455 §5.5.3).
+    pong: Option<Bytes>,
+}
+
+impl<W: AsyncWrite + Unpin> ToClient<W> {
+    /// Finishes the frame in progress and sends the Pong owed, if any. `Ready(Ok)` once the
+    /// writer is free for a data message.
+    fn poll_control(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if !self.writer.is_idle() {
+                ready!(self.writer.poll_write_frame(cx))?;
+            }
+            let Some(payload) = self.pong.take() else {
+                return Poll::Ready(Ok(()));
+            };
+            self.writer.start(Opcode::Pong, None, payload);
+        }
     }
-    let _ = tokio::time::timeout(limit, async { while let Some(Ok(_)) = ws.next().await {} }).await;
 }
 
 /// Client messages → runtime writes.
@@ -412,6 +322,12 @@ struct ClientToUpstream {
     max_queued: usize,
     /// Set once the client side has ended; the queue is still written for a clean end.
     end: Option<TunnelEnd>,
+    /// The status code of the client's Close, echoed in the reply.
+    close_reply: Option<u16>,
+    /// The Close that answers a client's protocol error.
+    refusal: Option<CloseFrame>,
+    /// Whether the client's bytes can still be read as frames.
+    readable: bool,
     moved: u64,
     messages: u64,
     writes: u64,
@@ -424,6 +340,9 @@ impl ClientToUpstream {
             queued: 0,
             max_queued: cfg.max_coalesce.max(1),
             end: None,
+            close_reply: None,
+            refusal: None,
+            readable: true,
             moved: 0,
             messages: 0,
             writes: 0,
@@ -431,14 +350,15 @@ impl ClientToUpstream {
     }
 
     /// `Ready` once the client side has ended, or the tunnel broke.
-    fn poll<C, U>(
+    fn poll<R, W, U>(
         &mut self,
         cx: &mut Context<'_>,
-        ws: &mut WebSocketStream<C>,
+        reader: &mut Reader<R>,
+        out: &mut ToClient<W>,
         mut upstream: Pin<&mut U>,
     ) -> Poll<TunnelEnd>
     where
-        C: AsyncRead + AsyncWrite + Unpin,
+        R: AsyncRead + Unpin,
         U: AsyncWrite + ?Sized,
     {
         loop {
@@ -447,12 +367,15 @@ impl ClientToUpstream {
                 && self.queued < self.max_queued
                 && self.queue.len() < MAX_PIECES
             {
-                let next = match Pin::new(&mut *ws).poll_next(cx) {
+                let next = match reader.poll_next(cx) {
                     Poll::Pending => break,
                     Poll::Ready(next) => next,
                 };
                 match next {
-                    Some(Ok(Message::Binary(payload))) => {
+                    Some(Ok(Event::Message {
+                        text: false,
+                        payload,
+                    })) => {
                         self.messages += 1;
                         if !payload.is_empty() {
                             self.queued += payload.len();
@@ -460,14 +383,28 @@ impl ClientToUpstream {
                         }
                     }
                     // client-go never sends one; its own reader treats one as an error.
-                    Some(Ok(Message::Text(_))) => {
+                    Some(Ok(Event::Message { text: true, .. })) => {
+                        self.refusal = Some(CloseFrame {
+                            code: close_code::PROTOCOL_ERROR,
+                            reason: TEXT_IN_TUNNEL.into(),
+                        });
                         return Poll::Ready(TunnelEnd::ClientProtocolError);
                     }
-                    Some(Ok(Message::Close(_))) => self.end = Some(TunnelEnd::ClientClosed),
-                    // Pings are answered by tungstenite; nothing else reaches here.
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                    Some(Err(e)) => return Poll::Ready(classify(&e)),
-                    None => self.end = Some(TunnelEnd::ClientGone),
+                    // Copied: the payload is a slice of the client's read buffer, which would
+                    // stay allocated as long as the Pong waits.
+                    Some(Ok(Event::Ping(payload))) => {
+                        out.pong = Some(Bytes::copy_from_slice(&payload));
+                    }
+                    Some(Ok(Event::Pong(_))) => {}
+                    Some(Ok(Event::Close(frame))) => {
+                        self.close_reply = frame.map(|f| f.code);
+                        self.end = Some(TunnelEnd::ClientClosed);
+                    }
+                    Some(Err(ReadError::Protocol(e))) => return Poll::Ready(self.refuse(&e)),
+                    Some(Err(ReadError::Io(_) | ReadError::TruncatedFrame)) | None => {
+                        // EOF without a Close: the client left (kubectl killed, network gone).
+                        self.end = Some(TunnelEnd::ClientGone);
+                    }
                 }
             }
             if let Some(end) = self.end {
@@ -492,9 +429,22 @@ impl ClientToUpstream {
             self.writes += 1;
         }
     }
-}
 
-impl ClientToUpstream {
+    /// Records the Close that answers `e` and names the end.
+    fn refuse(&mut self, e: &DecodeError) -> TunnelEnd {
+        self.readable = false;
+        let code = e.close_code();
+        self.refusal = Some(CloseFrame {
+            code,
+            reason: e.to_string(),
+        });
+        if code == close_code::MESSAGE_TOO_BIG {
+            TunnelEnd::ClientMessageTooBig
+        } else {
+            TunnelEnd::ClientProtocolError
+        }
+    }
+
     /// Writes whatever is still queued.
     async fn drain<U>(&mut self, mut upstream: Pin<&mut U>) -> io::Result<()>
     where
@@ -514,7 +464,6 @@ impl ClientToUpstream {
         Ok(())
     }
 }
-
 /// Writes the front of `queue` with one (vectored, where the writer supports it) write and
 /// drops what was written from the queue. Returns the bytes written. Without vectored writes,
 /// small pieces are first merged into buffers of up to `merge_limit` bytes.
@@ -576,28 +525,11 @@ fn merge_front(queue: &mut VecDeque<Bytes>, limit: usize) {
     queue.push_front(merged.freeze());
 }
 
-/// The tunnel end for a WebSocket read error.
-fn classify(e: &WsError) -> TunnelEnd {
-    match e {
-        WsError::Capacity(_) => TunnelEnd::ClientMessageTooBig,
-        WsError::Protocol(p) => {
-            use tokio_tungstenite::tungstenite::error::ProtocolError;
-            match p {
-                // EOF without a Close: the client left (kubectl killed, network gone).
-                ProtocolError::ResetWithoutClosingHandshake => TunnelEnd::ClientGone,
-                _ => TunnelEnd::ClientProtocolError,
-            }
-        }
-        WsError::Utf8(_) => TunnelEnd::ClientProtocolError,
-        _ => TunnelEnd::ClientGone,
-    }
-}
-
 /// Runtime reads → client messages.
 struct UpstreamToClient {
     /// The runtime's bytes that came with its 101, sent first.
     prefix: Bytes,
-    /// Read but not yet accepted by the WebSocket sink.
+    /// Read, waiting for the frame in progress to be written.
     pending: Option<Bytes>,
     /// The buffer of the read in progress; no capacity while the runtime is quiet.
     buf: Vec<u8>,
@@ -605,8 +537,6 @@ struct UpstreamToClient {
     size: usize,
     min: usize,
     max: usize,
-    /// Messages were written since the last flush.
-    unflushed: bool,
     moved: u64,
     messages: u64,
 }
@@ -622,46 +552,42 @@ impl UpstreamToClient {
             size: min,
             min,
             max,
-            unflushed: false,
             moved: 0,
             messages: 0,
         }
     }
 
-    /// `Ready` when the runtime's side has ended, or the client cannot be written to.
-    fn poll<C, U>(
+    /// `Ready` when the runtime's side has ended, or the client cannot be written to. Every
+    /// call also drives the client's writer, so a Pong owed goes out from here.
+    fn poll<W, U>(
         &mut self,
         cx: &mut Context<'_>,
-        ws: &mut WebSocketStream<C>,
+        out: &mut ToClient<W>,
         mut upstream: Pin<&mut U>,
     ) -> Poll<TunnelEnd>
     where
-        C: AsyncRead + AsyncWrite + Unpin,
+        W: AsyncWrite + Unpin,
         U: AsyncRead + ?Sized,
     {
         loop {
-            if let Some(payload) = self.pending.take() {
-                match Pin::new(&mut *ws).poll_ready(cx) {
-                    Poll::Pending => {
-                        self.pending = Some(payload);
-                        return Poll::Pending;
-                    }
-                    Poll::Ready(Err(_)) => return Poll::Ready(TunnelEnd::ClientGone),
-                    Poll::Ready(Ok(())) => {}
-                }
-                let len = payload.len() as u64;
-                if Pin::new(&mut *ws)
-                    .start_send(Message::Binary(payload))
-                    .is_err()
-                {
-                    return Poll::Ready(TunnelEnd::ClientGone);
-                }
-                self.moved += len;
-                self.messages += 1;
-                self.unflushed = true;
-            }
-            if !self.prefix.is_empty() {
+            let writable = match out.poll_control(cx) {
+                Poll::Ready(Ok(())) => true,
+                Poll::Ready(Err(_)) => return Poll::Ready(TunnelEnd::ClientGone),
+                Poll::Pending => false,
+            };
+            if self.pending.is_none() && !self.prefix.is_empty() {
                 self.pending = Some(std::mem::take(&mut self.prefix));
+            }
+            if let Some(payload) = self.pending.take() {
+                if !writable {
+                    // One message in flight and one read waiting: the client is slow, so the
+                    // runtime waits (back-pressure).
+                    self.pending = Some(payload);
+                    return Poll::Pending;
+                }
+                self.moved += payload.len() as u64;
+                self.messages += 1;
+                out.writer.start(Opcode::Binary, None, payload);
                 continue;
             }
             if self.buf.capacity() == 0 {
@@ -672,13 +598,6 @@ impl UpstreamToClient {
                     // Nothing to read: the buffer is empty, so give it back rather than hold it
                     // while the tunnel idles; the next read allocates again.
                     self.buf = Vec::new();
-                    if self.unflushed {
-                        match Pin::new(&mut *ws).poll_flush(cx) {
-                            Poll::Ready(Ok(())) => self.unflushed = false,
-                            Poll::Ready(Err(_)) => return Poll::Ready(TunnelEnd::ClientGone),
-                            Poll::Pending => {}
-                        }
-                    }
                     return Poll::Pending;
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(TunnelEnd::UpstreamFailed(e.kind())),
@@ -697,6 +616,7 @@ impl UpstreamToClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     fn queue(pieces: &[&[u8]]) -> VecDeque<Bytes> {
         pieces.iter().map(|p| Bytes::copy_from_slice(p)).collect()
@@ -713,32 +633,6 @@ mod tests {
         assert_eq!(big.len(), 2, "a piece over the limit stays alone");
     }
 
-    #[tokio::test]
-    async fn read_ahead_passes_bytes_through_and_holds_nothing_when_idle() {
-        use tokio::io::AsyncReadExt;
-        let (mut tx, rx) = tokio::io::duplex(1 << 20);
-        let mut reader = ReadAhead::new(rx, 64 * 1024);
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
-        tx.write_all(&data).await.unwrap();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        while got.len() < data.len() {
-            let n = reader.read(&mut buf).await.unwrap();
-            got.extend_from_slice(&buf[..n]);
-        }
-        assert_eq!(got, data);
-        assert!(reader.bulk, "full 4 KiB reads switch to read-ahead");
-        // Nothing waiting: the read parks, and the read-ahead buffer is gone.
-        let pending = tokio::time::timeout(Duration::from_millis(20), reader.read(&mut buf)).await;
-        assert!(pending.is_err());
-        assert_eq!(reader.buf.capacity(), 0);
-        assert!(!reader.bulk);
-        tx.write_all(b"ping").await.unwrap();
-        let n = reader.read(&mut buf).await.unwrap();
-        assert_eq!(&buf[..n], b"ping");
-        assert_eq!(reader.buf.capacity(), 0, "small reads go straight through");
-    }
-
     #[test]
     fn ends_say_whose_side_ended() {
         assert!(TunnelEnd::ClientClosed.is_client_side());
@@ -748,5 +642,23 @@ mod tests {
             TunnelEnd::UpstreamFailed(io::ErrorKind::BrokenPipe).label(),
             "upstream_error"
         );
+    }
+
+    #[tokio::test]
+    async fn an_owed_pong_goes_out_before_the_next_data_message() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let (_reader, writer) = accept(server, &TunnelConfig::default());
+        let mut out = ToClient {
+            writer,
+            pong: Some(Bytes::from_static(b"p1")),
+        };
+        let mut down = UpstreamToClient::new(&TunnelConfig::default(), Bytes::from_static(b"data"));
+        let (_runtime, mut upstream) = tokio::io::duplex(1024);
+        let polled =
+            poll_fn(|cx| Poll::Ready(down.poll(cx, &mut out, Pin::new(&mut upstream)))).await;
+        assert!(polled.is_pending(), "the runtime has sent nothing more");
+        let mut wire = [0u8; 10];
+        client.read_exact(&mut wire).await.unwrap();
+        assert_eq!(&wire, b"\x8a\x02p1\x82\x04data");
     }
 }
