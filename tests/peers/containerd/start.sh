@@ -152,6 +152,9 @@ disabled_plugins = [
 
 [debug]
   level = "info"
+  # pprof and expvar on a private socket, for looking into a stalled test:
+  # ctr pprof --debug-socket DIR/debug.sock goroutines
+  address = "$dir/debug.sock"
 
 [metrics]
   address = ""
@@ -190,7 +193,7 @@ CONF
 echo "/ws-spdy-bridge-${netname#wsb-}" >"$dir/cgroup_parent"
 
 # ---- start -----------------------------------------------------------------------------------
-rm -f "$sock" "$sock.ttrpc"
+rm -f "$sock" "$sock.ttrpc" "$dir/debug.sock"
 # setsid: its own session, so a terminal's signals do not reach it half-way; stdio to the log so
 # the caller's pipes close when this script exits. In a non-interactive shell the background
 # child is not a process-group leader, so setsid does not fork and $! is containerd's pid.

@@ -8,6 +8,13 @@
 # process whose command line names our socket), leftover mounts under DIR, shim sockets, libcni
 # cache entries and cgroups of this instance. Idempotent: safe to run twice or on a partial
 # start. Everything is killed by pid; nothing is matched by process name.
+#
+# A pid read from a file (containerd.pid, a bundle's init.pid or shim.pid) may be stale: the
+# process is gone and, with pid_max 32768 and several test binaries each running containerd,
+# runc and kubectl, the number is soon reused, quite possibly by a container process of
+# another instance. So no such pid is signalled before the process is proven to be ours:
+# containerd by its argv naming our config, a shim by its argv naming our socket, a container
+# process by its cgroup lying under our cgroup parent.
 set -uo pipefail
 
 if [ $# -ne 1 ]; then
@@ -23,6 +30,11 @@ this_run=()
 
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
 
+# Whether the argv of pid $1 holds $2 as a whole argument.
+argv_has() {
+    [ -r "/proc/$1/cmdline" ] && tr '\0' '\n' <"/proc/$1/cmdline" 2>/dev/null | grep -qxF "$2"
+}
+
 # Waits up to $1 tenths of a second for every pid in the rest of the arguments to go.
 wait_gone() {
     local n=$1; shift
@@ -36,17 +48,21 @@ wait_gone() {
     return 1
 }
 
-# TERM, wait, then KILL; records what it killed.
+# TERM, wait, then KILL; records what it killed. $2 names our mark in their argv (our config
+# for containerd, our socket for the shims): checked before each signal, since a pid that
+# ends during the wait may be reused before the KILL.
 stop_pids() {
-    local what=$1; shift
+    local what=$1 mark=$2; shift 2
     local pids=() p
-    for p in "$@"; do alive "$p" && pids+=("$p"); done
+    for p in "$@"; do alive "$p" && argv_has "$p" "$mark" && pids+=("$p"); done
     [ ${#pids[@]} -eq 0 ] && return 0
     this_run+=("$what ${pids[*]}")
     echo "$(date -u +%FT%TZ) $what ${pids[*]}" >>"$killed"
     kill -TERM "${pids[@]}" 2>/dev/null
     if ! wait_gone 50 "${pids[@]}"; then
-        kill -KILL "${pids[@]}" 2>/dev/null
+        local left=()
+        for p in "${pids[@]}"; do alive "$p" && argv_has "$p" "$mark" && left+=("$p"); done
+        [ ${#left[@]} -gt 0 ] && kill -KILL "${left[@]}" 2>/dev/null
         wait_gone 50 "${pids[@]}"
     fi
 }
@@ -61,6 +77,15 @@ pids_naming_socket() {
             echo "${p#/proc/}"
         fi
     done
+}
+
+# Whether pid $1 runs in a cgroup under this instance's cgroup parent (every container process
+# of ours does, and nothing else on the machine).
+cgroup_parent=""
+[ -f "$dir/cgroup_parent" ] && cgroup_parent=$(cat "$dir/cgroup_parent")
+in_our_cgroup() {
+    [ -n "$cgroup_parent" ] && [ -r "/proc/$1/cgroup" ] &&
+        grep -qE ":${cgroup_parent}(/|\$)" "/proc/$1/cgroup" 2>/dev/null
 }
 
 task_dir="$dir/state/io.containerd.runtime.v2.task"
@@ -83,13 +108,18 @@ if [ -d "$task_dir" ]; then
         [ -f "$f" ] && inits+=("$(cat "$f")")
     done
     for f in "$task_dir"/*/*/shim.pid; do
-        [ -f "$f" ] && shims+=("$(cat "$f")")
+        # Only while that pid is still one of our shims (their argv names our socket).
+        if [ -f "$f" ]; then
+            p=$(cat "$f")
+            alive "$p" && argv_has "$p" "$sock" && shims+=("$p")
+        fi
     done
 fi
 if [ ${#inits[@]} -gt 0 ]; then
     for p in "${inits[@]}"; do
-        # Only a process that still runs in another pid namespace than ours is a container's.
-        if alive "$p" && [ "$(readlink "/proc/$p/ns/pid")" != "$(readlink /proc/self/ns/pid)" ]; then
+        # Only a process in one of our containers' cgroups: the container may have exited long
+        # ago and its pid been reused (see the top of this file).
+        if alive "$p" && in_our_cgroup "$p"; then
             this_run+=("container-init $p")
             echo "$(date -u +%FT%TZ) container-init $p" >>"$killed"
             kill -KILL "$p" 2>/dev/null
@@ -101,15 +131,15 @@ fi
 if [ -f "$pidfile" ]; then
     pid=$(cat "$pidfile")
     # Make sure the pid is still our containerd (pid reuse): its argv names our config.
-    if alive "$pid" && tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qxF "$dir/config.toml"; then
-        stop_pids containerd "$pid"
+    if alive "$pid" && argv_has "$pid" "$dir/config.toml"; then
+        stop_pids containerd "$dir/config.toml" "$pid"
     fi
     rm -f "$pidfile"
 fi
 
 # 3. Shims (after containerd, so it does not restart or wait for them).
 mapfile -t more < <(pids_naming_socket)
-stop_pids shim ${shims[@]+"${shims[@]}"} ${more[@]+"${more[@]}"}
+stop_pids shim "$sock" ${shims[@]+"${shims[@]}"} ${more[@]+"${more[@]}"}
 
 # 4. Mounts under DIR (rootfs, shm, netns), deepest first.
 for _ in 1 2 3; do
@@ -151,7 +181,7 @@ if [ -f "$dir/cgroup_parent" ]; then
     done
 fi
 
-rm -f "$sock" "$sock.ttrpc"
+rm -f "$sock" "$sock.ttrpc" "$dir/debug.sock"
 left=$(pids_naming_socket)
 if [ -n "$left" ]; then
     echo "stop.sh: processes still running for $dir: $left" >&2
