@@ -872,6 +872,7 @@ async fn portforward_response(
         upstream: ctx.upstream_cfg.clone(),
         tunnel: TunnelConfig {
             max_message: ctx.max_message,
+            max_frame: ctx.max_frame,
             ..TunnelConfig::default()
         },
         channel: ChannelConfig {

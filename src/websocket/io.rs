@@ -21,8 +21,9 @@ use super::codec::{CloseFrame, DecodeError, Decoder, Event, FrameHeader, Limits,
 
 /// Smallest read from the client: where the read size settles between keystrokes.
 const MIN_READ: usize = 1024;
-/// Largest read from the client: where it grows to during bulk uploads.
-const MAX_READ: usize = 64 * 1024;
+/// Default largest read from the client: where the read size grows to during bulk uploads
+/// (see [`Reader::set_max_read`]).
+pub const DEFAULT_MAX_READ: usize = 64 * 1024;
 /// Payloads up to this size are copied behind their header when the connection cannot take
 /// vectored writes, so that a small message is still one write.
 const COALESCE_SMALL: usize = 4 * 1024;
@@ -60,6 +61,7 @@ pub struct Reader<R> {
     buf: BytesMut,
     decoder: Decoder,
     read_size: usize,
+    max_read: usize,
     eof: bool,
 }
 
@@ -70,8 +72,17 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             buf: BytesMut::from(&leftover[..]),
             decoder: Decoder::new(limits),
             read_size: MIN_READ * 4,
+            max_read: DEFAULT_MAX_READ,
             eof: false,
         }
+    }
+
+    /// Sets the largest read (at least 1 KiB). Larger reads cost fewer calls and fewer copies
+    /// of a frame cut by a read's end during bulk uploads, but the buffer of a burst outlives
+    /// it in the allocator's free lists.
+    pub fn set_max_read(&mut self, max_read: usize) {
+        self.max_read = max_read.max(MIN_READ);
+        self.read_size = self.read_size.min(self.max_read);
     }
 
     /// The next event; `None` at a clean end of the connection.
@@ -110,9 +121,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                     // Grow towards large reads while they come back full, settle back after
                     // small ones.
                     self.read_size = if n >= self.read_size {
-                        (self.read_size * 2).min(MAX_READ)
+                        (self.read_size * 2).min(self.max_read)
                     } else {
-                        (n * 2).clamp(MIN_READ, MAX_READ)
+                        (n * 2).clamp(MIN_READ, self.max_read)
                     };
                 }
             }

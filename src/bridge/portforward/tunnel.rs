@@ -74,6 +74,9 @@ pub struct TunnelConfig {
     /// kubectl's are at most a SPDY frame's payload (32 KiB). Default [`DEFAULT_MAX_MESSAGE`]
     /// (32 MiB, the bridge-wide cap).
     pub max_message: usize,
+    /// Largest client frame accepted, in bytes; at most `max_message` counts. Default
+    /// [`DEFAULT_MAX_MESSAGE`], as `max_message` (clients do not fragment).
+    pub max_frame: usize,
     /// Largest read from the runtime, hence the largest message sent to the client, in bytes.
     /// Default [`DEFAULT_MAX_UPSTREAM_READ`] (32 KiB).
     pub max_upstream_read: usize,
@@ -92,6 +95,7 @@ impl Default for TunnelConfig {
     fn default() -> Self {
         TunnelConfig {
             max_message: DEFAULT_MAX_MESSAGE,
+            max_frame: DEFAULT_MAX_MESSAGE,
             max_upstream_read: DEFAULT_MAX_UPSTREAM_READ,
             min_upstream_read: DEFAULT_MIN_UPSTREAM_READ,
             max_coalesce: DEFAULT_MAX_COALESCE,
@@ -101,11 +105,10 @@ impl Default for TunnelConfig {
 }
 
 impl TunnelConfig {
-    /// The client connection's limits: [`max_message`](Self::max_message) for messages and,
-    /// as for the API server's gorilla reader, for single frames too.
+    /// The client connection's limits (the channel mode's too).
     pub fn limits(&self) -> Limits {
         Limits {
-            max_frame: self.max_message,
+            max_frame: self.max_frame.min(self.max_message),
             max_message: self.max_message,
         }
     }
@@ -119,8 +122,15 @@ pub fn accept<S>(io: S, cfg: &TunnelConfig) -> (Reader<ReadHalf<S>>, Writer<Writ
 where
     S: AsyncRead + AsyncWrite,
 {
-    websocket::server(io, Bytes::new(), cfg.limits())
+    let (mut reader, writer) = websocket::server(io, Bytes::new(), cfg.limits());
+    // A tunnel is a byte pipe whose uploads (`kubectl cp`-like copies through a forwarded
+    // port) are its main cost: larger reads cut its CPU per GB to the plain relay's.
+    reader.set_max_read(TUNNEL_MAX_READ);
+    (reader, writer)
 }
+
+/// Largest read from a tunnel's client.
+const TUNNEL_MAX_READ: usize = 256 * 1024;
 
 /// Why a tunnel ended, and whose doing it was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
