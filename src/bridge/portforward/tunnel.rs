@@ -53,8 +53,10 @@ use super::close_client;
 pub const DEFAULT_MAX_UPSTREAM_READ: usize = 32 * 1024;
 /// Default [`TunnelConfig::min_upstream_read`]: 1 KiB.
 pub const DEFAULT_MIN_UPSTREAM_READ: usize = 1024;
-/// Default [`TunnelConfig::max_coalesce`]: 64 KiB.
-pub const DEFAULT_MAX_COALESCE: usize = 64 * 1024;
+/// Default [`TunnelConfig::max_coalesce`]: 256 KiB, as much as one read from the client
+/// (see [`accept`]): bulk uploads then cost fewer runtime writes, which measured cheaper per GB
+/// than 64 KiB.
+pub const DEFAULT_MAX_COALESCE: usize = 256 * 1024;
 /// Default [`TunnelConfig::close_timeout`]: 1 s, the API server's Close write deadline.
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default [`TunnelConfig::max_message`]: 32 MiB.
@@ -84,7 +86,7 @@ pub struct TunnelConfig {
     /// pings, keystrokes). Default [`DEFAULT_MIN_UPSTREAM_READ`] (1 KiB).
     pub min_upstream_read: usize,
     /// Client bytes queued for one upstream write, in bytes; reaching it stops reading the
-    /// client until the runtime takes them. Default [`DEFAULT_MAX_COALESCE`] (64 KiB).
+    /// client until the runtime takes them. Default [`DEFAULT_MAX_COALESCE`] (256 KiB).
     pub max_coalesce: usize,
     /// Bound on each closing step: writing what is queued to the runtime, sending the Close,
     /// waiting for the client's Close reply. Default [`DEFAULT_CLOSE_TIMEOUT`] (1 s).
