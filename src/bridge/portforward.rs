@@ -162,7 +162,8 @@ impl SessionReport {
     /// failing a tunnel the client still used is `upstream_error`. Channel mode: every port
     /// done is `success` unless a forward failed (`upstream_error`, the runtime's error text
     /// went to the client); the client leaving is the normal end of a channel-mode session
-    /// and counts as `success` (the mode does not tell a Close frame from a vanished client).
+    /// and counts as `success` (the mode does not tell a Close frame from a vanished client);
+    /// a client that breaks RFC 6455 is `client_error`.
     pub fn outcome(&self) -> Outcome {
         match self {
             SessionReport::Tunnel(s) => match s.end {
@@ -178,6 +179,7 @@ impl SessionReport {
                     Outcome::UpstreamError
                 }
                 ChannelEnd::PortsDone | ChannelEnd::ClientGone => Outcome::Success,
+                ChannelEnd::ClientProtocolError => Outcome::ClientError,
             },
             SessionReport::ClientNotUpgraded => Outcome::ClientGone,
         }
@@ -547,6 +549,24 @@ fn refusal_response(e: UpstreamError) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_channel_session_the_client_broke_counts_as_a_client_error() {
+        let report = |end| {
+            SessionReport::Channel(ChannelStats {
+                client_bytes: 0,
+                ports: Vec::new(),
+                end,
+            })
+            .outcome()
+        };
+        assert_eq!(
+            report(ChannelEnd::ClientProtocolError),
+            Outcome::ClientError
+        );
+        assert_eq!(report(ChannelEnd::ClientGone), Outcome::Success);
+        assert_eq!(report(ChannelEnd::PortsDone), Outcome::Success);
+    }
 
     fn offer(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| s.to_string()).collect()

@@ -294,8 +294,10 @@ fn percent_decode(s: &str) -> String {
 pub enum ChannelEnd {
     /// Every port's forward ended; the client got Close 1000.
     PortsDone,
-    /// The client sent a Close frame, broke the WebSocket protocol, or went away first.
+    /// The client sent a Close frame or went away first.
     ClientGone,
+    /// The client broke the WebSocket protocol; it got the Close code that says how.
+    ClientProtocolError,
 }
 
 impl ChannelEnd {
@@ -304,6 +306,7 @@ impl ChannelEnd {
         match self {
             ChannelEnd::PortsDone => "ports_done",
             ChannelEnd::ClientGone => "client_gone",
+            ChannelEnd::ClientProtocolError => "client_protocol_error",
         }
     }
 }
@@ -464,6 +467,9 @@ where
             // The client left: every stream is reset and the session ends (GOAWAY), while the
             // client gets its answer.
             drop(forwards);
+            if matches!(left, ClientLeft::Broke(_)) {
+                stats.end = ChannelEnd::ClientProtocolError;
+            }
             let client = async {
                 match left {
                     // RFC 6455 §5.5.1: the reply echoes the client's status code.
