@@ -557,10 +557,10 @@ where
         // Text and binary alike: the kubelet's WebSocket server reads both as bytes.
         let bytes = match reader.next().await {
             Some(Ok(Event::Message { payload, .. })) => payload,
-            // Copied: the payload is a slice of the client's read buffer, which would stay
-            // allocated as long as the Pong waits.
+            // A Ping's payload is its own copy (websocket::codec::COPY_BELOW), so a waiting
+            // Pong holds no read buffer.
             Some(Ok(Event::Ping(payload))) => {
-                pong.owe(Bytes::copy_from_slice(&payload));
+                pong.owe(payload);
                 continue;
             }
             Some(Ok(Event::Pong(_))) => continue,

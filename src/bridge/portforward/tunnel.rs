@@ -402,11 +402,9 @@ impl ClientToUpstream {
                         });
                         return Poll::Ready(TunnelEnd::ClientProtocolError);
                     }
-                    // Copied: the payload is a slice of the client's read buffer, which would
-                    // stay allocated as long as the Pong waits.
-                    Some(Ok(Event::Ping(payload))) => {
-                        out.pong = Some(Bytes::copy_from_slice(&payload));
-                    }
+                    // A Ping's payload is its own copy (websocket::codec::COPY_BELOW), so a
+                    // waiting Pong holds no read buffer.
+                    Some(Ok(Event::Ping(payload))) => out.pong = Some(payload),
                     Some(Ok(Event::Pong(_))) => {}
                     Some(Ok(Event::Close(frame))) => {
                         self.close_reply = frame.map(|f| f.code);
