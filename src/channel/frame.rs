@@ -105,30 +105,6 @@ pub fn decode_inbound(msg: Bytes) -> Inbound {
     }
 }
 
-/// The outbound messages carrying `payload` on `channel`, in order.
-///
-/// ```text
-///  +---------+------------------------------+
-///  | channel | payload piece (1..=max bytes)|    one binary message each
-///  +---------+------------------------------+
-/// ```
-///
-/// Each message holds between 1 and `max_payload` payload bytes (a `max_payload` of 0 counts
-/// as 1), so no message is ever empty or channel-only, and an empty payload yields no message
-/// at all (C-24, C-25). The pieces concatenate to `payload`.
-pub fn messages(channel: u8, payload: &[u8], max_payload: usize) -> Messages<'_> {
-    Messages {
-        channel,
-        rest: payload,
-        max_payload: max_payload.max(1),
-    }
-}
-
-/// Appends the messages of [`messages`] to `out`.
-pub fn encode(channel: u8, payload: &[u8], max_payload: usize, out: &mut Vec<Bytes>) {
-    out.extend(messages(channel, payload, max_payload));
-}
-
 /// One message with the whole of `payload`, unsplit, even when empty. For the status on
 /// [`ERROR`], which the API server writes in a single message whatever its size.
 pub fn single_message(channel: u8, payload: &[u8]) -> Bytes {
@@ -137,34 +113,6 @@ pub fn single_message(channel: u8, payload: &[u8]) -> Bytes {
     msg.extend_from_slice(payload);
     Bytes::from(msg)
 }
-
-/// Iterator returned by [`messages`].
-#[derive(Clone, Debug)]
-pub struct Messages<'a> {
-    channel: u8,
-    rest: &'a [u8],
-    max_payload: usize,
-}
-
-impl Iterator for Messages<'_> {
-    type Item = Bytes;
-
-    fn next(&mut self) -> Option<Bytes> {
-        if self.rest.is_empty() {
-            return None;
-        }
-        let (piece, rest) = self.rest.split_at(self.rest.len().min(self.max_payload));
-        self.rest = rest;
-        Some(single_message(self.channel, piece))
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.rest.len().div_ceil(self.max_payload);
-        (n, Some(n))
-    }
-}
-
-impl ExactSizeIterator for Messages<'_> {}
 
 /// The one channel-only message sent right after the upgrade, before anything else, to tell
 /// the client the connection is live (protocol.md §4.5): the lowest channel the server writes.
@@ -289,60 +237,6 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn outbound_payload_is_split_at_the_cap() {
-        let payload: Vec<u8> = (0..10u8).collect();
-        let mut out = Vec::new();
-        encode(STDOUT, &payload, 4, &mut out);
-        assert_eq!(
-            out,
-            vec![
-                Bytes::from_static(&[1, 0, 1, 2, 3]),
-                Bytes::from_static(&[1, 4, 5, 6, 7]),
-                Bytes::from_static(&[1, 8, 9]),
-            ]
-        );
-    }
-
-    #[test]
-    fn payload_of_exactly_the_cap_is_one_message() {
-        let payload = vec![7u8; MAX_OUTBOUND_PAYLOAD];
-        let out: Vec<Bytes> = messages(STDERR, &payload, MAX_OUTBOUND_PAYLOAD).collect();
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].len(), 1 + MAX_OUTBOUND_PAYLOAD);
-        assert_eq!(out[0][0], STDERR);
-    }
-
-    #[test]
-    fn large_payload_concatenates_back_and_no_message_exceeds_the_cap() {
-        let payload: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
-        let it = messages(STDOUT, &payload, MAX_OUTBOUND_PAYLOAD);
-        assert_eq!(it.len(), 4);
-        let mut joined = Vec::new();
-        for m in it {
-            assert!(m.len() >= 2 && m.len() <= 1 + MAX_OUTBOUND_PAYLOAD);
-            assert_eq!(m[0], STDOUT);
-            joined.extend_from_slice(&m[1..]);
-        }
-        assert_eq!(joined, payload);
-    }
-
-    #[test]
-    fn empty_payload_yields_no_message() {
-        let mut out = Vec::new();
-        encode(STDOUT, b"", MAX_OUTBOUND_PAYLOAD, &mut out);
-        assert!(out.is_empty());
-    }
-
-    #[test]
-    fn zero_cap_still_makes_progress() {
-        let out: Vec<Bytes> = messages(STDOUT, b"ab", 0).collect();
-        assert_eq!(
-            out,
-            vec![Bytes::from_static(b"\x01a"), Bytes::from_static(b"\x01b")]
-        );
     }
 
     #[test]

@@ -165,11 +165,6 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         self.head_pos == self.head_len && self.body.is_empty()
     }
 
-    /// Whether a Close frame has been started.
-    pub fn close_sent(&self) -> bool {
-        self.close_sent
-    }
-
     /// Starts a frame whose payload is `channel` (when given) followed by `payload`; it goes
     /// out with [`poll_write_frame`](Self::poll_write_frame). The previous frame must be done.
     pub fn start(&mut self, opcode: Opcode, channel: Option<u8>, payload: Bytes) {
@@ -291,10 +286,6 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     /// Shuts the writing side of the connection down (TCP FIN, TLS close_notify).
     pub async fn shutdown(&mut self) -> io::Result<()> {
         poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await
-    }
-
-    pub fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
